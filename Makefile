@@ -1,0 +1,131 @@
+# georeg: one GNU Makefile. `make` builds build/georeg; `make asan` builds
+# build/asan/georeg with AddressSanitizer + UndefinedBehaviorSanitizer.
+# Objects live under $(BUILD); dependencies come from -MMD -MP.
+
+BUILD    ?= build
+SANITIZE ?=
+CC       ?= cc
+PYTHON   ?= /usr/bin/python3
+OPT      ?= -O2
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wstrict-prototypes \
+        -Wmissing-prototypes -Wvla -Wformat=2 -Wno-missing-field-initializers
+CPPFLAGS += -D_GNU_SOURCE -I. -I$(BUILD)/gen -I/usr/share/include/llhttp
+CFLAGS   += -std=c11 $(OPT) -g -pthread -fno-omit-frame-pointer -MMD -MP
+LDLIBS   += -luv -lrocksdb -lnng -lprotobuf-c -lssl -lcrypto -ljansson -lyaml -lcurl -lpthread -lm
+
+ifneq ($(SANITIZE),)
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+COMMON_SRC  := $(wildcard common/*.c)
+STORAGE_SRC := $(wildcard storage/*.c)
+REPL_SRC    := $(wildcard replication/*.c)
+NODE_SRC    := $(filter-out node/main.c,$(wildcard node/*.c))
+LLHTTP_SRC  := $(wildcard /usr/share/llhttp/*.c)
+PROTO_C     := $(BUILD)/gen/proto/replication.pb-c.c
+PROTO_H     := $(BUILD)/gen/proto/replication.pb-c.h
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+LIB_OBJ := $(call obj,$(COMMON_SRC) $(STORAGE_SRC) $(REPL_SRC) $(NODE_SRC)) \
+           $(patsubst /usr/share/llhttp/%.c,$(BUILD)/obj/llhttp/%.o,$(LLHTTP_SRC)) \
+           $(BUILD)/obj/gen/replication.pb-c.o
+
+UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+
+DEPS_STAMP := $(BUILD)/.deps-ok
+
+.PHONY: all asan run test unit integration bench cluster compose-test fmt lint clean deps \
+        test-tools fuzz
+all: $(BUILD)/georeg
+
+# ---- dependencies: install what is missing, once per build dir ----
+$(DEPS_STAMP): scripts/install-deps.sh
+	@bash scripts/install-deps.sh
+	@mkdir -p $(@D) && touch $@
+deps: $(DEPS_STAMP)
+
+# ---- generated and vendored code (no -Werror) ----
+$(PROTO_C) $(PROTO_H): proto/replication.proto | $(DEPS_STAMP)
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen $<
+
+$(BUILD)/obj/gen/replication.pb-c.o: $(PROTO_C)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -w -c -o $@ $<
+
+$(BUILD)/obj/llhttp/%.o: /usr/share/llhttp/%.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -w -c -o $@ $<
+
+# ---- our code ----
+$(BUILD)/obj/%.o: %.c | $(DEPS_STAMP) $(PROTO_H)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -c -o $@ $<
+
+$(BUILD)/libgeoreg.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/georeg: $(BUILD)/obj/node/main.o $(BUILD)/libgeoreg.a
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libgeoreg.a | $(DEPS_STAMP) $(PROTO_H)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $< $(BUILD)/libgeoreg.a $(LDLIBS) -lcmocka
+
+asan:
+	$(MAKE) BUILD=build/asan SANITIZE=address,undefined OPT=-O1 all unit-bins
+
+unit-bins: $(UNIT_BIN)
+
+# ---- running ----
+run: all
+	@mkdir -p var
+	$(BUILD)/georeg serve --listen 127.0.0.1:5000 --data ./var --name local
+
+cluster: all
+	bash scripts/cluster.sh start
+
+# ---- tests ----
+test-tools:
+	@bash scripts/install-deps.sh --test
+	@bash scripts/install-test-tools.sh
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+integration: all test-tools
+	GEOREG_BIN=$(abspath $(BUILD)/georeg) $(PYTHON) -m pytest -q -rs tests/integration $(PYTEST_ARGS)
+
+# make test: release build, unit + integration; then the same under ASan/UBSan.
+test: test-tools
+	$(MAKE) all unit
+	$(MAKE) asan
+	$(MAKE) BUILD=build/asan SANITIZE=address,undefined OPT=-O1 unit
+	GEOREG_BIN=$(abspath build/georeg) $(PYTHON) -m pytest -q -rs tests/integration $(PYTEST_ARGS)
+	GEOREG_BIN=$(abspath build/asan/georeg) GEOREG_ASAN=1 $(PYTHON) -m pytest -q -rs \
+	    tests/integration -m "not slow" $(PYTEST_ARGS)
+
+bench:
+	bash scripts/bench/run.sh
+
+compose-test: all
+	bash deploy/compose-test.sh
+
+fuzz:
+	$(MAKE) -f tests/fuzz/Makefile
+
+fmt:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+lint: $(PROTO_H)
+	cppcheck --quiet --enable=warning,performance,portability --inline-suppr \
+	    -I. -I$(BUILD)/gen common storage replication node
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

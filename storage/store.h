@@ -1,0 +1,216 @@
+/* The node's state: one RocksDB database (blob records, repository links,
+ * manifests, tags, referrers, upload sessions, the replication log and node
+ * metadata) plus a directory of immutable content files for large blobs. Only
+ * this module knows keys and file layout. All functions are synchronous and
+ * thread-safe; any of them may block on disk unless called with STORE_NOWAIT.
+ *
+ * Every change a client is told succeeded is one synced WriteBatch that also
+ * appends its replication-log event, so state and log never disagree. */
+#ifndef GEOREG_STORE_H
+#define GEOREG_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/buf.h"
+#include "../common/digest.h"
+#include "../common/err.h"
+
+typedef struct store store;
+
+struct store_options {
+    /* Blobs up to this size live inline in RocksDB instead of in a content file. */
+    uint64_t inline_max;
+    /* RocksDB block cache in bytes (0: a default of 64 MiB). */
+    uint64_t cache_bytes;
+    /* false only in tests that measure: commits are not fsynced. */
+    bool no_sync;
+};
+
+/* Read flags. STORE_NOWAIT: answer only from memory (memtable, block cache, open
+ * files); return ERR_WOULDBLOCK where the disk would have to be read. */
+#define STORE_NOWAIT 1u
+
+/* store_open opens (creating if needed) the store under dir: dir/db for RocksDB,
+ * dir/blobs for content files, dir/uploads for uploads in progress. On success
+ * *out is a new store to close with store_close. ERR_IO with a logged reason on
+ * failure. */
+err store_open(const char *dir, const struct store_options *opt, store **out);
+/* store_close flushes and closes; accepts NULL. Uploads in progress stay on disk. */
+void store_close(store *s);
+
+/* ---- blobs ---- */
+
+struct store_blob {
+    uint64_t size;
+    /* file-backed: an open read-only descriptor the caller owns (close it with
+     * store_blob_release); -1 when inline or not requested */
+    int fd;
+    /* inline: the bytes (owned); empty when file-backed */
+    buf data;
+    bool is_inline;
+};
+
+/* store_blob_get looks up digest linked in repo (repo NULL: any blob the node holds).
+ * With open_body the bytes are made readable (fd or data). ERR_BLOB_UNKNOWN when
+ * absent or not linked. out must be released with store_blob_release on success. */
+err store_blob_get(store *s, const char *repo, const char *digest, unsigned flags, bool open_body,
+                   struct store_blob *out);
+void store_blob_release(struct store_blob *b);
+/* store_blob_exists: the node holds the blob bytes (regardless of links). */
+bool store_blob_exists(store *s, const char *digest, uint64_t *size);
+/* store_blob_mount links digest, already linked in from_repo, into repo (one synced
+ * commit with its log event). ERR_BLOB_UNKNOWN when from_repo has no such blob. */
+err store_blob_mount(store *s, const char *repo, const char *from_repo, const char *digest);
+/* store_blob_delete unlinks digest from repo. ERR_BLOB_UNKNOWN when not linked. The
+ * bytes stay until garbage collection. */
+err store_blob_delete(store *s, const char *repo, const char *digest);
+/* store_blob_put stores a whole blob from memory (verifying digest) and links it into
+ * repo (repo NULL: store the bytes only). ERR_DIGEST_INVALID on mismatch. */
+err store_blob_put(store *s, const char *repo, const char *digest, const void *ptr, size_t len);
+
+/* ---- uploads ---- */
+
+typedef struct store_upload store_upload;
+
+#define STORE_UPLOAD_ID_LEN 32
+
+/* store_upload_create starts an upload session for repo; id receives its 32 hex chars.
+ * The session survives restarts until finished or cancelled. */
+err store_upload_create(store *s, const char *repo, char id[STORE_UPLOAD_ID_LEN + 1]);
+/* store_upload_acquire gives exclusive use of upload id of repo until
+ * store_upload_release. After a restart this reopens the file and re-hashes it (may
+ * take time). ERR_BLOB_UPLOAD_UNKNOWN when no such session for this repo, ERR_BUSY
+ * when another request holds it. */
+err store_upload_acquire(store *s, const char *repo, const char *id, store_upload **out);
+/* store_upload_offset: bytes received so far. */
+uint64_t store_upload_offset(const store_upload *u);
+/* store_upload_id: the session id (borrowed, valid while u is). */
+const char *store_upload_id(const store_upload *u);
+/* store_upload_write appends and hashes len bytes (blocking). On error the upload is
+ * marked broken and further writes and finish fail with the same error. */
+err store_upload_write(store_upload *u, const void *ptr, size_t len);
+/* store_upload_release persists the offset and gives up exclusive use. u stays valid
+ * in the store's table. */
+void store_upload_release(store *s, store_upload *u);
+/* store_upload_finish verifies that the bytes hash to digest, makes them durable in
+ * their content-addressed place, links them into the upload's repo and removes the
+ * session, all before it returns OK. ERR_DIGEST_INVALID (nothing stored, session
+ * kept) on mismatch. On every return u has been released; on OK it is gone. */
+err store_upload_finish(store *s, store_upload *u, const char *digest, uint64_t *size_out);
+/* store_upload_cancel deletes a session and its bytes. ERR_BLOB_UPLOAD_UNKNOWN,
+ * ERR_BUSY as acquire. */
+err store_upload_cancel(store *s, const char *repo, const char *id);
+/* store_upload_purge removes sessions untouched for longer than max_age_s. */
+void store_upload_purge(store *s, uint64_t max_age_s);
+
+/* ---- manifests, tags, referrers ---- */
+
+struct store_ref {
+    char digest[DIGEST_MAX];
+    uint64_t size;
+    bool is_manifest; /* a child manifest of an index, else a blob */
+};
+
+struct store_manifest_put {
+    const char *repo;
+    const char *digest;      /* of body, verified by the caller */
+    const char *media_type;  /* stored and served with the body */
+    const char *tag;         /* NULL when pushed by digest */
+    slice body;              /* byte-exact */
+    const struct store_ref *refs; /* every blob and child manifest it references */
+    size_t nrefs;
+    /* When the manifest has a subject: its digest and this manifest's descriptor as
+     * JSON (what the referrers API lists). */
+    const char *subject;
+    slice descriptor;
+};
+
+/* store_manifest_put checks that every ref is present in repo (ERR_MANIFEST_BLOB_UNKNOWN
+ * naming the first missing one in *missing, if given) and commits manifest, link,
+ * tag and referrer entry in one synced batch with its log event. */
+err store_manifest_put(store *s, const struct store_manifest_put *m, char missing[DIGEST_MAX]);
+
+struct store_manifest {
+    char digest[DIGEST_MAX];
+    char media_type[256];
+    buf body;
+};
+
+/* store_manifest_get resolves ref (tag or digest) in repo. ERR_MANIFEST_UNKNOWN when
+ * absent. out->body must be released by the caller. */
+err store_manifest_get(store *s, const char *repo, const char *ref, unsigned flags,
+                       struct store_manifest *out);
+/* store_manifest_delete removes digest from repo: the link, every tag of repo that
+ * points at it and its referrer entry. ERR_MANIFEST_UNKNOWN when not linked. */
+err store_manifest_delete(store *s, const char *repo, const char *digest);
+/* store_tag_delete removes one tag. ERR_MANIFEST_UNKNOWN when absent. */
+err store_tag_delete(store *s, const char *repo, const char *tag);
+
+/* A listing callback gets one entry; return false to stop. */
+typedef bool (*store_list_cb)(void *arg, slice key, slice value);
+
+/* store_tags_list calls cb for up to n tags of repo after `last` (NULL: from the
+ * start) in lexical order with the tag's digest as value; *more tells whether tags
+ * remain. ERR_NAME_UNKNOWN when the repository does not exist. */
+err store_tags_list(store *s, const char *repo, const char *last, size_t n, store_list_cb cb,
+                    void *arg, bool *more);
+/* store_catalog_list: the same over repository names (value empty). */
+err store_catalog_list(store *s, const char *last, size_t n, store_list_cb cb, void *arg,
+                       bool *more);
+/* store_referrers_list calls cb with (referrer digest, descriptor JSON) for every
+ * manifest of repo whose subject is subject. */
+err store_referrers_list(store *s, const char *repo, const char *subject, store_list_cb cb,
+                         void *arg);
+/* store_repo_exists: repo has been pushed to. */
+bool store_repo_exists(store *s, const char *repo);
+
+/* ---- replication log ---- */
+
+enum store_event_type {
+    EV_NONE = 0,
+    EV_BLOB_LINK = 1,      /* repo, digest, size */
+    EV_BLOB_UNLINK = 2,    /* repo, digest */
+    EV_MANIFEST_PUT = 3,   /* repo, digest, media_type, body, tag (optional) */
+    EV_MANIFEST_DELETE = 4, /* repo, digest */
+    EV_TAG_DELETE = 5,     /* repo, tag */
+    EV_META_PUT = 6,       /* key (in tag), value (in body): replicated node metadata */
+    EV_META_DELETE = 7,    /* key (in tag) */
+};
+
+/* One decoded log event. Its slices borrow from the iteration that produced it. */
+struct store_event {
+    uint64_t seq;
+    uint64_t time_ms; /* when the primary committed it */
+    enum store_event_type type;
+    slice repo, digest, tag, media_type, body;
+    uint64_t size;
+};
+
+/* store_log_head: the highest sequence number committed (0 on an empty log). */
+uint64_t store_log_head(store *s);
+/* store_log_first: the lowest sequence number still in the log (head+1 when empty). */
+uint64_t store_log_first(store *s);
+/* store_log_read calls cb for events with seq >= from, in order, at most max of them;
+ * stop early when cb returns false. */
+typedef bool (*store_event_cb)(void *arg, const struct store_event *ev);
+err store_log_read(store *s, uint64_t from, size_t max, store_event_cb cb, void *arg);
+/* store_log_trim deletes events with seq < before. */
+err store_log_trim(store *s, uint64_t before);
+
+/* ---- node metadata ---- */
+
+/* store_meta_get copies the value of key into out (ERR_NOT_FOUND when absent). */
+err store_meta_get(store *s, const char *key, buf *out);
+/* store_meta_put stores key=value durably (not replicated). */
+err store_meta_put(store *s, const char *key, const void *val, size_t len);
+
+/* ---- statistics ---- */
+
+struct store_stats {
+    uint64_t blobs_inline, blobs_files, uploads_open;
+};
+void store_get_stats(store *s, struct store_stats *out);
+
+#endif

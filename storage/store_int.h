@@ -1,0 +1,68 @@
+/* Private to storage/: the store struct, column families and helpers shared by
+ * store.c and upload.c. */
+#ifndef GEOREG_STORE_INT_H
+#define GEOREG_STORE_INT_H
+
+#include <pthread.h>
+#include <rocksdb/c.h>
+
+#include "store.h"
+
+enum store_cf {
+    CF_DEFAULT = 0,    /* node metadata: "m/..." internal, "u/..." store_meta_* */
+    CF_BLOBS,          /* digest -> blob record (size, inline bytes or file) */
+    CF_BLOB_LINKS,     /* repo\0digest -> time */
+    CF_MANIFESTS,      /* digest -> media type + byte-exact body */
+    CF_MANIFEST_LINKS, /* repo\0digest -> time + subject digest */
+    CF_TAGS,           /* repo\0tag -> digest */
+    CF_TAG_INDEX,      /* repo\0digest\0tag -> "" (tags of a manifest, for deletes) */
+    CF_REFERRERS,      /* repo\0subject\0referrer -> descriptor JSON */
+    CF_UPLOADS,        /* upload id -> session record */
+    CF_REPLOG,         /* big-endian seq -> event */
+    CF_REPOS,          /* repo -> creation time (the catalog) */
+    CF__COUNT
+};
+
+#define UPLOAD_BUCKETS 256
+
+struct store {
+    char dir[4096];
+    char blob_dir[4200];
+    char upload_dir[4200];
+    uint64_t inline_max;
+    rocksdb_t *db;
+    rocksdb_column_family_handle_t *cf[CF__COUNT];
+    rocksdb_options_t *opts;
+    rocksdb_block_based_table_options_t *bbto;
+    rocksdb_cache_t *cache;
+    rocksdb_readoptions_t *ro, *ro_nowait;
+    rocksdb_writeoptions_t *wo, *wo_nosync;
+
+    /* Serialises every committing writer: sequence numbers and read-modify-write
+     * checks (manifest refs, tag moves) happen under it. */
+    pthread_mutex_t commit_mu;
+    uint64_t head; /* highest committed log seq; under commit_mu */
+
+    pthread_mutex_t uploads_mu;
+    struct store_upload *uploads[UPLOAD_BUCKETS];
+    size_t nuploads;
+};
+
+void put_u64le(char *p, uint64_t v);
+uint64_t get_u64le(const char *p);
+uint64_t store_now_ms(void);
+err key2(buf *k, const char *a, const char *b);
+err rget(store *s, enum store_cf cf, unsigned flags, const char *k, size_t klen, buf *out);
+void batch_put(store *s, rocksdb_writebatch_t *wb, enum store_cf cf, const char *k, size_t klen,
+               const char *v, size_t vlen);
+void batch_del(store *s, rocksdb_writebatch_t *wb, enum store_cf cf, const char *k, size_t klen);
+err commit_locked(store *s, rocksdb_writebatch_t *wb, struct store_event *ev);
+err link_blob_locked(store *s, rocksdb_writebatch_t *wb, const char *repo, const char *digest,
+                     uint64_t size, uint64_t seq);
+void blob_path(const store *s, const char *digest, char *out, size_t n);
+void blob_dir_of(const store *s, const char *digest, char *out, size_t n);
+void blob_record(buf *out, uint64_t size, const void *inline_bytes);
+err fsync_dir(const char *dir);
+void uploads_free_all(store *s);
+
+#endif

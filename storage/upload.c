@@ -1,0 +1,576 @@
+/* Upload sessions: bytes stream once into dir/uploads/<id> while being hashed; on
+ * finish the file is verified, fsynced and renamed into its content-addressed
+ * place (or moved inline into RocksDB when small) before one synced commit makes
+ * the blob visible. Sessions are persisted, so an upload survives a restart; the
+ * hash state is rebuilt by re-reading the file. */
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "store_int.h"
+#include "../common/log.h"
+#include "../common/banned.h"
+
+/* Start kernel writeback every this many bytes so the final fsync has little left. */
+#define UPLOAD_WRITEBACK_STEP (8u << 20)
+
+struct store_upload {
+    struct store_upload *next; /* bucket chain, under uploads_mu */
+    char id[STORE_UPLOAD_ID_LEN + 1];
+    char repo[256];
+    int fd;
+    hasher *h; /* SHA-256 of bytes [0, offset) */
+    uint64_t offset;
+    uint64_t synced_to; /* writeback started up to here */
+    uint64_t created_s;
+    uint64_t touched_s;
+    bool busy;  /* a request holds it; under uploads_mu */
+    err broken; /* a failed write poisons the session */
+};
+
+static unsigned
+bucket_of(const char *id)
+{
+    unsigned h = 2166136261u;
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h % UPLOAD_BUCKETS;
+}
+
+static uint64_t
+now_s(void)
+{
+    return (uint64_t)time(NULL);
+}
+
+static void
+upload_path(const store *s, const char *id, char *out, size_t n)
+{
+    snprintf(out, n, "%s/%s", s->upload_dir, id);
+}
+
+static void
+upload_free(struct store_upload *u)
+{
+    if (!u)
+        return;
+    if (u->fd >= 0)
+        close(u->fd);
+    hasher_free(u->h);
+    free(u);
+}
+
+void
+uploads_free_all(store *s)
+{
+    for (int i = 0; i < UPLOAD_BUCKETS; i++) {
+        struct store_upload *u = s->uploads[i], *n;
+        for (; u; u = n) {
+            n = u->next;
+            upload_free(u);
+        }
+        s->uploads[i] = NULL;
+    }
+    s->nuploads = 0;
+}
+
+/* session record: [ver=1][offset u64][created u64][touched u64][repo] */
+static err
+put_session(store *s, const struct store_upload *u, bool sync)
+{
+    char v[25 + 256];
+    size_t rl = strlen(u->repo);
+    v[0] = 1;
+    put_u64le(v + 1, u->offset);
+    put_u64le(v + 9, u->created_s);
+    put_u64le(v + 17, u->touched_s);
+    memcpy(v + 25, u->repo, rl);
+    char *msg = NULL;
+    rocksdb_put_cf(s->db, sync ? s->wo : s->wo_nosync, s->cf[CF_UPLOADS], u->id,
+                   STORE_UPLOAD_ID_LEN, v, 25 + rl, &msg);
+    if (msg) {
+        log_error("STORE-ROCKSDB", "op=put_session error=\"%s\"", msg);
+        rocksdb_free(msg);
+        return ERR_IO;
+    }
+    return ERR_OK;
+}
+
+static bool
+parse_session(slice v, struct store_upload *u)
+{
+    if (v.len < 25 || v.ptr[0] != 1 || v.len - 25 >= sizeof u->repo)
+        return false;
+    u->offset = get_u64le(v.ptr + 1);
+    u->created_s = get_u64le(v.ptr + 9);
+    u->touched_s = get_u64le(v.ptr + 17);
+    memcpy(u->repo, v.ptr + 25, v.len - 25);
+    u->repo[v.len - 25] = '\0';
+    return true;
+}
+
+err
+store_upload_create(store *s, const char *repo, char id[STORE_UPLOAD_ID_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char rnd[STORE_UPLOAD_ID_LEN / 2];
+    struct store_upload *u = NULL;
+    char path[4300];
+    err e = ERR_NOMEM;
+    if (strlen(repo) >= sizeof u->repo)
+        return ERR_NAME_INVALID;
+    if (RAND_bytes(rnd, sizeof rnd) != 1)
+        return ERR_INTERNAL;
+    u = calloc(1, sizeof *u);
+    if (!u)
+        goto out;
+    u->fd = -1;
+    for (size_t i = 0; i < sizeof rnd; i++) {
+        u->id[2 * i] = hex[rnd[i] >> 4];
+        u->id[2 * i + 1] = hex[rnd[i] & 15];
+    }
+    str_copy(u->repo, sizeof u->repo, repo);
+    u->created_s = u->touched_s = now_s();
+    if (!(u->h = hasher_new(DIGEST_SHA256)))
+        goto out;
+    upload_path(s, u->id, path, sizeof path);
+    u->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (u->fd < 0) {
+        log_error("STORE-UPLOAD-CREATE", "path=%s error=\"%s\"", path, strerror(errno));
+        e = ERR_IO;
+        goto out;
+    }
+    if ((e = put_session(s, u, false))) {
+        unlink(path);
+        goto out;
+    }
+    memcpy(id, u->id, STORE_UPLOAD_ID_LEN + 1);
+    pthread_mutex_lock(&s->uploads_mu);
+    unsigned b = bucket_of(u->id);
+    u->next = s->uploads[b];
+    s->uploads[b] = u;
+    s->nuploads++;
+    pthread_mutex_unlock(&s->uploads_mu);
+    u = NULL;
+    e = ERR_OK;
+out:
+    upload_free(u);
+    return e;
+}
+
+/* find_locked returns the in-memory session or NULL. */
+static struct store_upload *
+find_locked(store *s, const char *id)
+{
+    for (struct store_upload *u = s->uploads[bucket_of(id)]; u; u = u->next)
+        if (strcmp(u->id, id) == 0)
+            return u;
+    return NULL;
+}
+
+static void
+unlink_locked(store *s, struct store_upload *u)
+{
+    struct store_upload **pp = &s->uploads[bucket_of(u->id)];
+    for (; *pp; pp = &(*pp)->next) {
+        if (*pp == u) {
+            *pp = u->next;
+            s->nuploads--;
+            return;
+        }
+    }
+}
+
+/* rehash reads [0, len) of fd into h. */
+static err
+rehash(int fd, uint64_t len, hasher *h)
+{
+    size_t cap = 1u << 20;
+    char *b = malloc(cap);
+    if (!b)
+        return ERR_NOMEM;
+    err e = ERR_OK;
+    uint64_t off = 0;
+    while (off < len) {
+        size_t want = len - off < cap ? (size_t)(len - off) : cap;
+        ssize_t n = pread(fd, b, want, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            e = ERR_IO;
+            break;
+        }
+        hasher_update(h, b, (size_t)n);
+        off += (uint64_t)n;
+    }
+    free(b);
+    return e;
+}
+
+/* load_session rebuilds an upload after a restart from its record and file. */
+static err
+load_session(store *s, const char *id, struct store_upload **out)
+{
+    buf v = BUF_INIT;
+    char path[4300];
+    struct store_upload *u = calloc(1, sizeof *u);
+    err e = ERR_NOMEM;
+    if (!u)
+        goto out;
+    u->fd = -1;
+    e = rget(s, CF_UPLOADS, 0, id, strlen(id), &v);
+    if (e == ERR_NOT_FOUND)
+        e = ERR_BLOB_UPLOAD_UNKNOWN;
+    if (e)
+        goto out;
+    if (!parse_session(buf_slice(&v), u)) {
+        e = ERR_IO;
+        goto out;
+    }
+    str_copy(u->id, sizeof u->id, id);
+    upload_path(s, id, path, sizeof path);
+    u->fd = open(path, O_RDWR | O_CLOEXEC);
+    if (u->fd < 0) {
+        e = errno == ENOENT ? ERR_BLOB_UPLOAD_UNKNOWN : ERR_IO;
+        goto out;
+    }
+    struct stat st;
+    if (fstat(u->fd, &st) != 0) {
+        e = ERR_IO;
+        goto out;
+    }
+    /* Bytes past the last acknowledged offset belong to a request that never got its
+     * answer; the client will resend them. */
+    if ((uint64_t)st.st_size < u->offset)
+        u->offset = (uint64_t)st.st_size;
+    if ((uint64_t)st.st_size > u->offset && ftruncate(u->fd, (off_t)u->offset) != 0) {
+        e = ERR_IO;
+        goto out;
+    }
+    if (!(u->h = hasher_new(DIGEST_SHA256))) {
+        e = ERR_NOMEM;
+        goto out;
+    }
+    if ((e = rehash(u->fd, u->offset, u->h)))
+        goto out;
+    u->synced_to = u->offset;
+    log_info("STORE-UPLOAD-RESUMED", "id=%s repo=%s offset=%llu", id, u->repo,
+             (unsigned long long)u->offset);
+    *out = u;
+    u = NULL;
+out:
+    buf_release(&v);
+    upload_free(u);
+    return e;
+}
+
+err
+store_upload_acquire(store *s, const char *repo, const char *id, store_upload **out)
+{
+    err e = ERR_OK;
+    pthread_mutex_lock(&s->uploads_mu);
+    struct store_upload *u = find_locked(s, id);
+    if (u) {
+        if (strcmp(u->repo, repo) != 0)
+            e = ERR_BLOB_UPLOAD_UNKNOWN;
+        else if (u->busy)
+            e = ERR_BUSY;
+        else
+            u->busy = true;
+        pthread_mutex_unlock(&s->uploads_mu);
+        if (!e)
+            *out = u;
+        return e;
+    }
+    pthread_mutex_unlock(&s->uploads_mu);
+
+    struct store_upload *loaded = NULL;
+    if ((e = load_session(s, id, &loaded)))
+        return e;
+    if (strcmp(loaded->repo, repo) != 0) {
+        upload_free(loaded);
+        return ERR_BLOB_UPLOAD_UNKNOWN;
+    }
+    pthread_mutex_lock(&s->uploads_mu);
+    if (find_locked(s, id)) {
+        /* another request loaded it meanwhile */
+        pthread_mutex_unlock(&s->uploads_mu);
+        upload_free(loaded);
+        return ERR_BUSY;
+    }
+    loaded->busy = true;
+    unsigned b = bucket_of(id);
+    loaded->next = s->uploads[b];
+    s->uploads[b] = loaded;
+    s->nuploads++;
+    pthread_mutex_unlock(&s->uploads_mu);
+    *out = loaded;
+    return ERR_OK;
+}
+
+uint64_t
+store_upload_offset(const store_upload *u)
+{
+    return u->offset;
+}
+
+const char *
+store_upload_id(const store_upload *u)
+{
+    return u->id;
+}
+
+err
+store_upload_write(store_upload *u, const void *ptr, size_t len)
+{
+    const char *p = ptr;
+    size_t left = len;
+    if (u->broken)
+        return u->broken;
+    while (left) {
+        ssize_t n = pwrite(u->fd, p, left, (off_t)u->offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int saved = errno;
+            log_error("STORE-UPLOAD-WRITE", "id=%s error=\"%s\"", u->id, strerror(saved));
+            u->broken = ERR_IO;
+            return ERR_IO;
+        }
+        hasher_update(u->h, p, (size_t)n);
+        p += n;
+        left -= (size_t)n;
+        u->offset += (uint64_t)n;
+    }
+    if (u->offset - u->synced_to >= UPLOAD_WRITEBACK_STEP) {
+        sync_file_range(u->fd, (off_t)u->synced_to, (off_t)(u->offset - u->synced_to),
+                        SYNC_FILE_RANGE_WRITE);
+        u->synced_to = u->offset;
+    }
+    return ERR_OK;
+}
+
+void
+store_upload_release(store *s, store_upload *u)
+{
+    u->touched_s = now_s();
+    put_session(s, u, false);
+    pthread_mutex_lock(&s->uploads_mu);
+    u->busy = false;
+    pthread_mutex_unlock(&s->uploads_mu);
+}
+
+/* drop_upload removes a held session entirely: table, record and file. */
+static void
+drop_upload(store *s, struct store_upload *u, bool remove_file)
+{
+    char path[4300];
+    upload_path(s, u->id, path, sizeof path);
+    pthread_mutex_lock(&s->uploads_mu);
+    unlink_locked(s, u);
+    pthread_mutex_unlock(&s->uploads_mu);
+    char *msg = NULL;
+    rocksdb_delete_cf(s->db, s->wo_nosync, s->cf[CF_UPLOADS], u->id, STORE_UPLOAD_ID_LEN, &msg);
+    if (msg)
+        rocksdb_free(msg);
+    if (remove_file)
+        unlink(path);
+    upload_free(u);
+}
+
+/* read_all reads the first len bytes of fd into out. */
+static err
+read_all(int fd, uint64_t len, buf *out)
+{
+    err e = buf_grow(out, (size_t)len);
+    if (e)
+        return e;
+    uint64_t off = 0;
+    while (off < len) {
+        ssize_t n = pread(fd, out->ptr + off, (size_t)(len - off), (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return ERR_IO;
+        off += (uint64_t)n;
+    }
+    out->len = (size_t)len;
+    out->ptr[len] = '\0';
+    return ERR_OK;
+}
+
+/* place_file makes the upload's bytes durable at their content address. */
+static err
+place_file(store *s, struct store_upload *u, const char *digest)
+{
+    char tmp[4300], dst[4400], dir[4400];
+    upload_path(s, u->id, tmp, sizeof tmp);
+    blob_path(s, digest, dst, sizeof dst);
+    blob_dir_of(s, digest, dir, sizeof dir);
+    if (fdatasync(u->fd) != 0) {
+        log_error("STORE-FSYNC", "path=%s error=\"%s\"", tmp, strerror(errno));
+        return ERR_IO;
+    }
+    /* blobs/<alg>/<xx>: created on first use, and made durable */
+    char algdir[4400];
+    const char *colon = strchr(digest, ':');
+    snprintf(algdir, sizeof algdir, "%s/%.*s", s->blob_dir, (int)(colon - digest), digest);
+    bool created = false;
+    if (mkdir(algdir, 0755) == 0)
+        created = true;
+    if (mkdir(dir, 0755) == 0) {
+        created = true;
+    } else if (errno != EEXIST) {
+        log_error("STORE-MKDIR", "dir=%s error=\"%s\"", dir, strerror(errno));
+        return ERR_IO;
+    }
+    if (rename(tmp, dst) != 0) {
+        log_error("STORE-RENAME", "from=%s to=%s error=\"%s\"", tmp, dst, strerror(errno));
+        return ERR_IO;
+    }
+    err e = fsync_dir(dir);
+    if (!e && created) {
+        fsync_dir(algdir);
+        fsync_dir(s->blob_dir);
+    }
+    return e;
+}
+
+err
+store_upload_finish(store *s, store_upload *u, const char *digest, uint64_t *size_out)
+{
+    char got[DIGEST_MAX];
+    buf rec = BUF_INIT, inl = BUF_INIT;
+    rocksdb_writebatch_t *wb = NULL;
+    err e = u->broken;
+    bool renamed = false;
+    if (e) {
+        store_upload_release(s, u);
+        return e;
+    }
+    if (digest_alg_of(digest) == DIGEST_SHA256) {
+        hasher_final(u->h, got);
+    } else {
+        hasher *h = hasher_new(DIGEST_SHA512);
+        if (!h) {
+            store_upload_release(s, u);
+            return ERR_NOMEM;
+        }
+        e = rehash(u->fd, u->offset, h);
+        hasher_final(h, got);
+        hasher_free(h);
+        if (e) {
+            store_upload_release(s, u);
+            return e;
+        }
+    }
+    if (strcmp(got, digest) != 0) {
+        log_info("STORE-DIGEST-MISMATCH", "id=%s want=%s got=%s", u->id, digest, got);
+        drop_upload(s, u, true);
+        return ERR_DIGEST_INVALID;
+    }
+    if (size_out)
+        *size_out = u->offset;
+    uint64_t existing;
+    bool have = store_blob_exists(s, digest, &existing);
+    if (!have) {
+        if (u->offset <= s->inline_max) {
+            if ((e = read_all(u->fd, u->offset, &inl)))
+                goto fail;
+            blob_record(&rec, u->offset, inl.ptr);
+        } else {
+            if ((e = place_file(s, u, digest)))
+                goto fail;
+            renamed = true;
+            blob_record(&rec, u->offset, NULL);
+        }
+    }
+    wb = rocksdb_writebatch_create();
+    if (!have)
+        batch_put(s, wb, CF_BLOBS, digest, strlen(digest), rec.ptr, rec.len);
+    batch_del(s, wb, CF_UPLOADS, u->id, STORE_UPLOAD_ID_LEN);
+    pthread_mutex_lock(&s->commit_mu);
+    if (u->repo[0])
+        e = link_blob_locked(s, wb, u->repo, digest, u->offset, 0);
+    else
+        e = commit_locked(s, wb, NULL);
+    pthread_mutex_unlock(&s->commit_mu);
+    if (e)
+        goto fail;
+    log_debug("STORE-BLOB-COMMIT", "repo=%s digest=%s size=%llu inline=%d", u->repo, digest,
+              (unsigned long long)u->offset, !have && u->offset <= s->inline_max);
+    drop_upload(s, u, !renamed);
+    rocksdb_writebatch_destroy(wb);
+    buf_release(&rec);
+    buf_release(&inl);
+    return ERR_OK;
+fail:
+    /* a renamed file without its record is an orphan for garbage collection */
+    if (wb)
+        rocksdb_writebatch_destroy(wb);
+    buf_release(&rec);
+    buf_release(&inl);
+    u->broken = e;
+    if (renamed)
+        drop_upload(s, u, false);
+    else
+        store_upload_release(s, u);
+    return e;
+}
+
+err
+store_upload_cancel(store *s, const char *repo, const char *id)
+{
+    store_upload *u = NULL;
+    err e = store_upload_acquire(s, repo, id, &u);
+    if (e)
+        return e;
+    drop_upload(s, u, true);
+    return ERR_OK;
+}
+
+err
+store_blob_put(store *s, const char *repo, const char *digest, const void *ptr, size_t len)
+{
+    char id[STORE_UPLOAD_ID_LEN + 1];
+    store_upload *u = NULL;
+    err e = store_upload_create(s, repo ? repo : "", id);
+    if (e)
+        return e;
+    if ((e = store_upload_acquire(s, repo ? repo : "", id, &u)))
+        return e;
+    if ((e = store_upload_write(u, ptr, len))) {
+        drop_upload(s, u, true);
+        return e;
+    }
+    return store_upload_finish(s, u, digest, NULL);
+}
+
+void
+store_upload_purge(store *s, uint64_t max_age_s)
+{
+    uint64_t now = now_s();
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_UPLOADS]);
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const char *k = rocksdb_iter_key(it, &kl);
+        const char *v = rocksdb_iter_value(it, &vl);
+        struct store_upload tmp;
+        if (kl != STORE_UPLOAD_ID_LEN || !parse_session((slice){v, vl}, &tmp))
+            continue;
+        if (now - tmp.touched_s < max_age_s)
+            continue;
+        char id[STORE_UPLOAD_ID_LEN + 1];
+        memcpy(id, k, kl);
+        id[kl] = '\0';
+        if (store_upload_cancel(s, tmp.repo, id) == ERR_OK)
+            log_info("STORE-UPLOAD-PURGED", "id=%s repo=%s", id, tmp.repo);
+    }
+    rocksdb_iter_destroy(it);
+}
