@@ -2,6 +2,7 @@
  * cost is linear and no input can make it backtrack). */
 #include "ref.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "banned.h"
@@ -89,19 +90,29 @@ ref_is_digest(slice s)
     return memchr(s.ptr, ':', s.len) != NULL;
 }
 
+/* glob_rec backtracks over '*' and '**'; without memory that is exponential in the
+ * number of stars (a 255-byte name against "*a*a*a*a*a*b" never finishes), and
+ * names come from clients. glob_ctx remembers every (glob, name) position that
+ * already failed, so each is explored once: O(len(glob) * len(name)) calls. */
+struct glob_ctx {
+    const char *g0, *n0;
+    size_t nl;
+    unsigned char *dead; /* bit (gi * (nl + 1) + ni): glob_rec(g0+gi, n0+ni) is false */
+};
+
+static bool glob_rec(struct glob_ctx *c, const char *g, const char *n, int depth);
+
 static bool
-glob_rec(const char *g, const char *n, int depth)
+glob_body(struct glob_ctx *c, const char *g, const char *n, int depth)
 {
-    if (depth > 64)
-        return false;
     while (*g) {
         if (g[0] == '*' && g[1] == '*') {
             g += 2;
             /* a double star followed by a slash may also match zero segments */
-            if (*g == '/' && glob_rec(g + 1, n, depth + 1))
+            if (*g == '/' && glob_rec(c, g + 1, n, depth + 1))
                 return true;
             for (const char *p = n;; p++) {
-                if (glob_rec(g, p, depth + 1))
+                if (glob_rec(c, g, p, depth + 1))
                     return true;
                 if (!*p)
                     return false;
@@ -110,7 +121,7 @@ glob_rec(const char *g, const char *n, int depth)
         if (*g == '*') {
             g++;
             for (const char *p = n;; p++) {
-                if (glob_rec(g, p, depth + 1))
+                if (glob_rec(c, g, p, depth + 1))
                     return true;
                 if (!*p || *p == '/')
                     return false;
@@ -128,8 +139,34 @@ glob_rec(const char *g, const char *n, int depth)
     return *n == '\0';
 }
 
+static bool
+glob_rec(struct glob_ctx *c, const char *g, const char *n, int depth)
+{
+    if (depth > 64)
+        return false;
+    size_t bit = (size_t)(g - c->g0) * (c->nl + 1) + (size_t)(n - c->n0);
+    if (c->dead[bit / 8] & (1u << (bit % 8)))
+        return false;
+    if (glob_body(c, g, n, depth))
+        return true;
+    c->dead[bit / 8] |= (unsigned char)(1u << (bit % 8));
+    return false;
+}
+
 bool
 ref_glob_match(const char *glob, const char *name)
 {
-    return glob_rec(glob, name, 0);
+    unsigned char small[4096];
+    size_t gl = strlen(glob), nl = strlen(name);
+    if (gl > 4096 || nl > 4096)
+        return false;
+    size_t bytes = ((gl + 1) * (nl + 1) + 7) / 8;
+    struct glob_ctx c = {glob, name, nl, small};
+    if (bytes > sizeof small && !(c.dead = malloc(bytes)))
+        return false;
+    memset(c.dead, 0, bytes);
+    bool ok = glob_rec(&c, glob, name, 0);
+    if (c.dead != small)
+        free(c.dead);
+    return ok;
 }

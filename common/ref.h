@@ -24,7 +24,8 @@ bool ref_digest_valid(slice s);
 /* ref_is_digest: s looks like a digest reference (contains ':'), valid or not. */
 bool ref_is_digest(slice s);
 /* ref_glob_match matches a repository name against a glob where '*' matches within
- * one path segment and '**' matches across segments. */
+ * one path segment and '**' matches across segments. Cost is at most
+ * O(len(glob) * len(name)); a glob or name longer than 4096 bytes never matches. */
 bool ref_glob_match(const char *glob, const char *name);
 
 #endif
