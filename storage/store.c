@@ -895,10 +895,26 @@ store_tags_list(store *s, const char *repo, const char *last, size_t n, store_li
     return list_prefix(s, CF_TAGS, (slice){repo, strlen(repo) + 1}, last, n, cb, arg, more);
 }
 
+/* The catalog's values are internal (creation times); callers get names with an empty
+ * value, as store.h promises. */
+struct keys_only {
+    store_list_cb cb;
+    void *arg;
+};
+
+static bool
+on_key_only(void *p, slice key, slice value)
+{
+    struct keys_only *k = p;
+    (void)value;
+    return k->cb(k->arg, key, (slice){"", 0});
+}
+
 err
 store_catalog_list(store *s, const char *last, size_t n, store_list_cb cb, void *arg, bool *more)
 {
-    return list_prefix(s, CF_REPOS, (slice){"", 0}, last, n, cb, arg, more);
+    struct keys_only k = {cb, arg};
+    return list_prefix(s, CF_REPOS, (slice){"", 0}, last, n, on_key_only, &k, more);
 }
 
 err
