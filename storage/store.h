@@ -96,8 +96,11 @@ err store_upload_write(store_upload *u, const void *ptr, size_t len);
 void store_upload_release(store *s, store_upload *u);
 /* store_upload_finish verifies that the bytes hash to digest, makes them durable in
  * their content-addressed place, links them into the upload's repo and removes the
- * session, all before it returns OK. ERR_DIGEST_INVALID (nothing stored, session
- * kept) on mismatch. On every return u has been released; on OK it is gone. */
+ * session, all before it returns OK. ERR_DIGEST_INVALID on mismatch: nothing is
+ * stored and the session is deleted with its bytes (the client starts a new upload,
+ * as with CNCF Distribution); later acquires get ERR_BLOB_UPLOAD_UNKNOWN. On every
+ * return u has been given up and may already be freed: do not use it again (on other
+ * errors the session may still exist; acquire it again by id). */
 err store_upload_finish(store *s, store_upload *u, const char *digest, uint64_t *size_out);
 /* store_upload_cancel deletes a session and its bytes. ERR_BLOB_UPLOAD_UNKNOWN,
  * ERR_BUSY as acquire. */
