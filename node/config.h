@@ -1,0 +1,85 @@
+/* Node configuration: one YAML file, every key overridable by an environment
+ * variable (node.data_dir -> GEOREG_NODE_DATA_DIR; list items by index:
+ * replication.replicas.0.name -> GEOREG_REPLICATION_REPLICAS_0_NAME; lists of
+ * strings as comma-separated values), then the quick command-line flags. The
+ * result is frozen before the node starts. */
+#ifndef GEOREG_CONFIG_H
+#define GEOREG_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/err.h"
+
+#define CFG_MAX_REPLICAS 16
+#define CFG_MAX_GLOBS 32
+#define CFG_MAX_LISTENERS 4
+#define CFG_MAX_CIDRS 32
+
+struct cfg_globs {
+    char *items[CFG_MAX_GLOBS];
+    size_t n;
+};
+
+struct cfg_replica {
+    char name[64];
+    char address[256]; /* nng URL: tls+tcp://host:port or tcp://host:port */
+    struct cfg_globs include, exclude;           /* repository globs */
+    struct cfg_globs include_tags, exclude_tags; /* tag globs */
+};
+
+struct cfg_tls {
+    char cert[1024];
+    char key[1024];
+    char ca[1024];
+};
+
+struct cfg {
+    /* node */
+    char name[64];
+    char data_dir[1024];
+    int log_level;
+
+    /* http */
+    char listen[128];
+    unsigned workers; /* event loops; 0 = one per core */
+    unsigned max_connections;
+    uint64_t header_timeout_ms, idle_timeout_ms, body_timeout_ms, drain_timeout_ms;
+    uint64_t max_header_bytes, max_manifest_bytes;
+    char public_url[256];
+    struct cfg_tls http_tls;
+
+    /* storage */
+    uint64_t inline_max;
+    uint64_t cache_bytes;
+    uint64_t upload_max_age_s;
+
+    /* replication */
+    bool primary;         /* role: primary | secondary */
+    char repl_listen[256];
+    char primary_url[256]; /* secondaries: the primary's HTTP URL, named in DENIED errors */
+    struct cfg_tls repl_tls;
+    bool repl_insecure;    /* plain tcp:// allowed */
+    unsigned repl_window;  /* messages in flight per replica */
+    uint64_t repl_chunk_bytes;
+    uint64_t repl_log_retention; /* events kept beyond the slowest replica, at most */
+    uint64_t repl_heartbeat_ms;
+    struct cfg_replica replicas[CFG_MAX_REPLICAS];
+    size_t nreplicas;
+};
+
+/* cfg_defaults fills c with the built-in defaults. */
+void cfg_defaults(struct cfg *c);
+/* cfg_load reads path (NULL: no file) over c, then the environment. On error *why
+ * receives a message naming the key (static or in why_buf). */
+err cfg_load(struct cfg *c, const char *path, char *why, size_t why_len);
+/* cfg_release frees the glob strings. */
+void cfg_release(struct cfg *c);
+/* cfg_parse_duration parses "250ms", "10s", "5m", "2h", "30d" or a bare number of
+ * seconds into milliseconds. */
+bool cfg_parse_duration(const char *s, uint64_t *ms);
+/* cfg_parse_size parses "512", "64KiB", "64k", "4MiB", "1G" into bytes. */
+bool cfg_parse_size(const char *s, uint64_t *bytes);
+
+#endif

@@ -1,0 +1,1361 @@
+/* HTTP/1.1 transport over libuv poll handles on raw non-blocking sockets, so that
+ * reads, writev and sendfile are ours to schedule. Each connection is a state
+ * machine (enum conn_state) driven by one transition function, conn_run. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <llhttp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "../common/log.h"
+#include "../common/banned.h"
+
+#define READ_BUF_SIZE (256u << 10)
+#define SINK_CHUNK (1u << 20)     /* body bytes handed to the pool per write */
+#define DISCARD_LIMIT (64u << 10) /* body we read and drop after an early error */
+#define SENDFILE_STEP (4u << 20)
+#define INLINE_BODY_MAX (16u << 10) /* memory bodies copied next to the headers */
+#define SWEEP_MS 250
+
+enum conn_state {
+    CS_IDLE,     /* keep-alive: waiting for a request (idle timeout) */
+    CS_HEADERS,  /* reading request line and headers (header timeout) */
+    CS_PRE_BODY, /* the request's pre_body step runs on the pool; reading paused */
+    CS_BODY,     /* reading the body (body timeout between reads) */
+    CS_HANDLING, /* body complete: draining the sink, then the handler runs */
+    CS_SENDING,  /* writing the response (body timeout between writes) */
+};
+
+enum job_kind { JOB_NONE, JOB_PRE, JOB_HANDLER, JOB_SINK };
+
+struct worker;
+
+struct conn {
+    struct conn *prev, *next;
+    struct worker *w;
+    uv_poll_t poll;
+    int fd;
+    int events;
+    llhttp_t parser;
+    enum conn_state state;
+    struct http_req *req;
+    buf pending;      /* bytes read but not parsed while the parser is paused */
+    bool paused;      /* parser paused at a request boundary or before a body */
+    bool backpressure;
+    bool read_eof;
+    bool close_after;
+    bool closing;
+    bool hdr_too_large;
+    bool pre_done;
+    uint64_t deadline; /* loop time in ms; 0: none */
+
+    /* header assembly: offsets into req->raw */
+    size_t name_start, name_len, value_start;
+
+    /* body sink double buffer */
+    buf sink_buf[2];
+    int sink_fill;
+    int sink_job_buf;
+
+    uv_work_t work;
+    enum job_kind job;
+    err job_err;
+
+    /* response output */
+    buf out;
+    size_t out_off;
+    bool file_sending;
+    char peer[64];
+};
+
+struct worker {
+    http_server *srv;
+    unsigned idx;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    int listen_fd;
+    uv_poll_t listen_poll;
+    uv_async_t wake;
+    uv_timer_t sweep;
+    struct conn *conns;
+    size_t nconns;
+    bool stopping, forcing, listen_closed;
+    uv_mutex_t finish_mu; /* guards finished against uv_async_send from the stopper */
+    bool finished;
+    char *rbuf;
+    char date[64];
+};
+
+struct http_server {
+    struct http_config cfg;
+    char host[128];
+    int port;
+    void (*on_headers)(struct http_req *r);
+    void *app;
+    struct worker *workers;
+    unsigned nworkers;
+    struct http_stats stats;
+    _Atomic unsigned nconns;
+    _Atomic int stop_phase; /* 0 running, 1 draining, 2 forcing */
+    llhttp_settings_t settings;
+};
+
+static void conn_run(struct conn *c);
+static void conn_close(struct conn *c);
+static void conn_update_poll(struct conn *c);
+
+/* ---- small helpers ---- */
+
+static const char *
+reason_of(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 416: return "Range Not Satisfiable";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}
+
+static void
+update_date(struct worker *w)
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(w->date, sizeof w->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+}
+
+static uint64_t
+now_ms(struct worker *w)
+{
+    return uv_now(&w->loop);
+}
+
+/* ---- request lifecycle ---- */
+
+static struct http_req *
+req_new(struct conn *c)
+{
+    struct http_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->server = c->w->srv;
+    r->app = c->w->srv->app;
+    r->resp.fd = -1;
+    buf_init(&r->body);
+    buf_init(&r->raw);
+    buf_init(&r->resp.headers);
+    buf_init(&r->resp.body);
+    str_copy(r->peer, sizeof r->peer, c->peer);
+    return r;
+}
+
+static void
+req_free(struct http_req *r)
+{
+    if (!r)
+        return;
+    if (r->app_free)
+        r->app_free(r);
+    if (r->resp.fd >= 0)
+        close(r->resp.fd);
+    buf_release(&r->body);
+    buf_release(&r->raw);
+    buf_release(&r->resp.headers);
+    buf_release(&r->resp.body);
+    free(r);
+}
+
+/* ---- llhttp callbacks: they only record; conn_run acts ---- */
+
+static struct conn *
+conn_of(llhttp_t *p)
+{
+    return p->data;
+}
+
+static int
+raw_add(struct conn *c, const char *at, size_t len)
+{
+    struct http_req *r = c->req;
+    if (r->raw.len + len > c->w->srv->cfg.max_header_bytes) {
+        c->hdr_too_large = true;
+        return HPE_USER;
+    }
+    return buf_add(&r->raw, at, len) ? HPE_USER : 0;
+}
+
+static int
+on_message_begin(llhttp_t *p)
+{
+    struct conn *c = conn_of(p);
+    if (!c->req && !(c->req = req_new(c)))
+        return HPE_USER;
+    c->state = CS_HEADERS;
+    c->deadline = now_ms(c->w) + c->w->srv->cfg.header_timeout_ms;
+    atomic_fetch_add(&c->w->srv->stats.requests, 1);
+    return 0;
+}
+
+static int
+on_url(llhttp_t *p, const char *at, size_t len)
+{
+    return raw_add(conn_of(p), at, len);
+}
+
+static int
+on_url_complete(llhttp_t *p)
+{
+    struct conn *c = conn_of(p);
+    c->req->url_len = c->req->raw.len;
+    return 0;
+}
+
+static int
+on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = conn_of(p);
+    if (c->name_start == SIZE_MAX)
+        c->name_start = c->req->raw.len;
+    return raw_add(c, at, len);
+}
+
+static int
+on_header_field_complete(llhttp_t *p)
+{
+    struct conn *c = conn_of(p);
+    struct http_req *r = c->req;
+    if (c->name_start == SIZE_MAX)
+        c->name_start = r->raw.len;
+    c->name_len = r->raw.len - c->name_start;
+    for (size_t i = 0; i < c->name_len; i++) {
+        char *ch = &r->raw.ptr[c->name_start + i];
+        if (*ch >= 'A' && *ch <= 'Z')
+            *ch = (char)(*ch + 32);
+    }
+    c->value_start = r->raw.len;
+    return 0;
+}
+
+static int
+on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    return raw_add(conn_of(p), at, len);
+}
+
+static int
+on_header_value_complete(llhttp_t *p)
+{
+    struct conn *c = conn_of(p);
+    struct http_req *r = c->req;
+    if (r->nheaders >= HTTP_MAX_HEADERS) {
+        c->hdr_too_large = true;
+        return HPE_USER;
+    }
+    /* offsets for now; turned into slices once raw stops moving */
+    struct http_header *h = &r->headers[r->nheaders++];
+    h->name = (slice){(const char *)(uintptr_t)c->name_start, c->name_len};
+    size_t vs = c->value_start, ve = r->raw.len;
+    while (vs < ve && (r->raw.ptr[vs] == ' ' || r->raw.ptr[vs] == '\t'))
+        vs++;
+    while (ve > vs && (r->raw.ptr[ve - 1] == ' ' || r->raw.ptr[ve - 1] == '\t'))
+        ve--;
+    h->value = (slice){(const char *)(uintptr_t)vs, ve - vs};
+    c->name_start = SIZE_MAX;
+    return 0;
+}
+
+static enum http_method
+method_of(uint8_t m)
+{
+    switch (m) {
+    case HTTP_GET: return M_GET;
+    case HTTP_HEAD: return M_HEAD;
+    case HTTP_PUT: return M_PUT;
+    case HTTP_POST: return M_POST;
+    case HTTP_PATCH: return M_PATCH;
+    case HTTP_DELETE: return M_DELETE;
+    default: return M_OTHER;
+    }
+}
+
+static int
+on_headers_complete(llhttp_t *p)
+{
+    struct conn *c = conn_of(p);
+    struct http_req *r = c->req;
+    http_server *srv = c->w->srv;
+    const char *base = r->raw.ptr;
+
+    for (size_t i = 0; i < r->nheaders; i++) {
+        r->headers[i].name.ptr = base + (uintptr_t)r->headers[i].name.ptr;
+        r->headers[i].value.ptr = base + (uintptr_t)r->headers[i].value.ptr;
+    }
+    slice url = {base, r->url_len};
+    const char *q = memchr(url.ptr, '?', url.len);
+    r->path = q ? (slice){url.ptr, (size_t)(q - url.ptr)} : url;
+    r->query = q ? (slice){q + 1, url.len - (size_t)(q - url.ptr) - 1} : (slice){"", 0};
+    r->method = method_of(llhttp_get_method(p));
+    r->chunked = (p->flags & F_CHUNKED) != 0;
+    r->has_length = (p->flags & F_CONTENT_LENGTH) != 0;
+    r->content_length = r->has_length ? p->content_length : 0;
+    slice expect = http_req_header(r, "expect");
+    r->expect_continue = expect.ptr && slice_case_eq_cstr(expect, "100-continue");
+    c->deadline = 0;
+
+    srv->on_headers(r);
+
+    bool has_body = r->chunked || (r->has_length && r->content_length > 0);
+    if (r->resp.status) {
+        /* answered before the body: read and drop a small body, else close after */
+        r->body_mode = BODY_DISCARD;
+        if (!has_body)
+            return 0;
+        if (r->expect_continue || r->chunked || r->content_length > DISCARD_LIMIT) {
+            r->resp.close = true;
+            c->state = CS_HANDLING;
+            return HPE_PAUSED;
+        }
+        c->state = CS_BODY;
+        c->deadline = now_ms(c->w) + srv->cfg.body_timeout_ms;
+        return 0;
+    }
+    if (r->body_mode == BODY_BUFFER && r->has_length && r->content_length > r->body_limit) {
+        r->body_too_large = true;
+        r->body_mode = BODY_DISCARD;
+    }
+    if (r->pre_body && has_body) {
+        /* without a body the step runs at message end, in CS_HANDLING */
+        c->state = CS_PRE_BODY;
+        c->pre_done = false;
+        return HPE_PAUSED;
+    }
+    if (has_body && r->expect_continue) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        ssize_t n = write(c->fd, cont, sizeof cont - 1);
+        if (n != (ssize_t)sizeof cont - 1)
+            return HPE_USER;
+    }
+    c->state = CS_BODY;
+    c->deadline = now_ms(c->w) + srv->cfg.body_timeout_ms;
+    return 0;
+}
+
+static int
+on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = conn_of(p);
+    struct http_req *r = c->req;
+    r->body_received += len;
+    switch (r->body_mode) {
+    case BODY_DISCARD:
+        if (r->resp.status && r->body_received > DISCARD_LIMIT) {
+            r->resp.close = true;
+            return HPE_USER;
+        }
+        break;
+    case BODY_BUFFER:
+        if (r->body.len + len > r->body_limit) {
+            r->body_too_large = true;
+            buf_release(&r->body);
+            r->body_mode = BODY_DISCARD;
+            break;
+        }
+        if (buf_add(&r->body, at, len))
+            return HPE_USER;
+        break;
+    case BODY_SINK:
+        if (r->sink_err)
+            break;
+        if (buf_add(&c->sink_buf[c->sink_fill], at, len))
+            return HPE_USER;
+        break;
+    }
+    return 0;
+}
+
+static int
+on_message_complete(llhttp_t *p)
+{
+    struct conn *c = conn_of(p);
+    c->state = CS_HANDLING;
+    c->deadline = 0;
+    return HPE_PAUSED;
+}
+
+/* ---- reading ---- */
+
+/* conn_feed parses bytes; anything after a pause point is kept in c->pending. */
+static void
+conn_feed(struct conn *c, const char *data, size_t len)
+{
+    llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
+    if (e == HPE_OK)
+        return;
+    if (e == HPE_PAUSED) {
+        const char *pos = llhttp_get_error_pos(&c->parser);
+        size_t rest = (size_t)(data + len - pos);
+        c->paused = true;
+        if (data >= c->pending.ptr && data < c->pending.ptr + c->pending.len + 1 &&
+            c->pending.len) {
+            memmove(c->pending.ptr, pos, rest);
+            buf_truncate(&c->pending, rest);
+        } else if (rest && buf_add(&c->pending, pos, rest)) {
+            c->close_after = true;
+        }
+        return;
+    }
+    /* a parse error or a callback refusal: answer and close */
+    if (!c->req)
+        c->req = req_new(c);
+    if (!c->req) {
+        conn_close(c);
+        return;
+    }
+    struct http_req *r = c->req;
+    if (!r->resp.status) {
+        if (c->hdr_too_large)
+            http_resp_error(r, ERR_HEADERS_TOO_LARGE, NULL, NULL);
+        else
+            http_resp_error(r, ERR_BAD_REQUEST, NULL, llhttp_errno_name(e));
+    }
+    r->resp.close = true;
+    c->paused = true;
+    buf_reset(&c->pending);
+    c->state = CS_HANDLING;
+}
+
+static void
+conn_read(struct conn *c)
+{
+    struct worker *w = c->w;
+    for (int i = 0; i < 16 && !c->paused && !c->closing && !c->backpressure; i++) {
+        ssize_t n = read(c->fd, w->rbuf, READ_BUF_SIZE);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                c->read_eof = true;
+            break;
+        }
+        if (n == 0) {
+            c->read_eof = true;
+            break;
+        }
+        atomic_fetch_add(&w->srv->stats.bytes_in, (uint64_t)n);
+        if (c->state == CS_BODY)
+            c->deadline = now_ms(w) + w->srv->cfg.body_timeout_ms;
+        conn_feed(c, w->rbuf, (size_t)n);
+        if (c->state == CS_BODY && c->req && c->req->body_mode == BODY_SINK &&
+            c->sink_buf[c->sink_fill].len >= SINK_CHUNK && c->job != JOB_NONE)
+            c->backpressure = true;
+        if ((size_t)n < READ_BUF_SIZE)
+            break;
+    }
+    if (c->read_eof) {
+        if (c->state == CS_IDLE || c->state == CS_HEADERS || c->state == CS_BODY) {
+            conn_close(c);
+            return;
+        }
+        c->close_after = true;
+    }
+    conn_run(c);
+}
+
+/* ---- the thread pool ---- */
+
+static void
+job_work(uv_work_t *wk)
+{
+    struct conn *c = wk->data;
+    struct http_req *r = c->req;
+    switch (c->job) {
+    case JOB_PRE:
+        r->pre_body(r, false);
+        break;
+    case JOB_HANDLER:
+        r->handler(r, false);
+        break;
+    case JOB_SINK: {
+        buf *b = &c->sink_buf[c->sink_job_buf];
+        c->job_err = r->sink(r->sink_ctx, b->ptr, b->len);
+        break;
+    }
+    case JOB_NONE:
+        break;
+    }
+}
+
+static void
+job_done(uv_work_t *wk, int status)
+{
+    struct conn *c = wk->data;
+    enum job_kind kind = c->job;
+    c->job = JOB_NONE;
+    (void)status;
+    if (kind == JOB_SINK) {
+        buf_reset(&c->sink_buf[c->sink_job_buf]);
+        if (c->job_err && c->req && !c->req->sink_err)
+            c->req->sink_err = c->job_err;
+        c->backpressure = false;
+    } else if (kind == JOB_PRE) {
+        c->pre_done = true;
+    }
+    if (c->closing) {
+        c->closing = false;
+        conn_close(c);
+        return;
+    }
+    conn_run(c);
+}
+
+static void
+job_submit(struct conn *c, enum job_kind kind)
+{
+    c->job = kind;
+    c->work.data = c;
+    atomic_fetch_add(&c->w->srv->stats.pool_jobs, 1);
+    int rc = uv_queue_work(&c->w->loop, &c->work, job_work, job_done);
+    if (rc != 0) {
+        /* cannot happen with a valid loop; run inline rather than lose the request */
+        job_work(&c->work);
+        job_done(&c->work, rc);
+    }
+}
+
+/* ---- writing ---- */
+
+static void
+resp_build_head(struct conn *c)
+{
+    struct http_req *r = c->req;
+    struct http_resp *rs = &r->resp;
+    buf *o = &c->out;
+    uint64_t clen = rs->fd >= 0 ? rs->file_len : rs->body.len;
+    if (r->method == M_HEAD && rs->head_len)
+        clen = rs->head_len;
+    if (c->close_after || c->w->stopping)
+        rs->close = true;
+    buf_reset(o);
+    c->out_off = 0;
+    buf_addf(o, "HTTP/1.1 %d %s\r\nDate: %s\r\nDocker-Distribution-API-Version: registry/2.0\r\n",
+             rs->status, reason_of(rs->status), c->w->date);
+    if (rs->status != 204 && rs->status != 304)
+        buf_addf(o, "Content-Length: %llu\r\n", (unsigned long long)clen);
+    buf_add(o, rs->headers.ptr, rs->headers.len);
+    if (rs->close)
+        buf_adds(o, "Connection: close\r\n");
+    buf_adds(o, "\r\n");
+    if (r->method == M_HEAD || rs->no_body || rs->status == 204 || rs->status == 304) {
+        rs->no_body = true;
+        if (rs->fd >= 0) {
+            close(rs->fd);
+            rs->fd = -1;
+        }
+        buf_release(&rs->body);
+    } else if (rs->body.len && rs->body.len <= INLINE_BODY_MAX) {
+        buf_add(o, rs->body.ptr, rs->body.len);
+        buf_release(&rs->body);
+    }
+    int s = rs->status;
+    struct http_stats *st = &c->w->srv->stats;
+    atomic_fetch_add(s < 300 ? &st->responses_2xx
+                             : s < 400 ? &st->responses_3xx
+                                       : s < 500 ? &st->responses_4xx : &st->responses_5xx,
+                     1);
+}
+
+/* conn_write pushes the response out; true when all of it is written. */
+static bool
+conn_write(struct conn *c)
+{
+    struct http_resp *rs = &c->req->resp;
+    struct http_stats *st = &c->w->srv->stats;
+    for (;;) {
+        size_t head_left = c->out.len - c->out_off;
+        if (head_left || rs->body.len) {
+            struct iovec iov[2];
+            int n = 0;
+            if (head_left)
+                iov[n++] = (struct iovec){c->out.ptr + c->out_off, head_left};
+            if (rs->body.len)
+                iov[n++] = (struct iovec){rs->body.ptr, rs->body.len};
+            ssize_t w = writev(c->fd, iov, n);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return false;
+                c->close_after = true;
+                c->read_eof = true;
+                return true;
+            }
+            atomic_fetch_add(&st->bytes_out, (uint64_t)w);
+            size_t wn = (size_t)w;
+            size_t from_head = wn < head_left ? wn : head_left;
+            c->out_off += from_head;
+            wn -= from_head;
+            if (wn) {
+                memmove(rs->body.ptr, rs->body.ptr + wn, rs->body.len - wn);
+                buf_truncate(&rs->body, rs->body.len - wn);
+            }
+            c->deadline = now_ms(c->w) + c->w->srv->cfg.body_timeout_ms;
+            continue;
+        }
+        if (rs->fd >= 0 && rs->file_len) {
+            off_t off = (off_t)rs->file_off;
+            size_t want = rs->file_len < SENDFILE_STEP ? (size_t)rs->file_len : SENDFILE_STEP;
+            ssize_t w = sendfile(c->fd, rs->fd, &off, want);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return false;
+                log_warn("HTTP-SENDFILE", "peer=%s error=\"%s\"", c->peer, strerror(errno));
+                c->close_after = true;
+                c->read_eof = true;
+                return true;
+            }
+            if (w == 0) {
+                /* the file is shorter than its record: never pad with garbage */
+                log_error("HTTP-SENDFILE-SHORT", "peer=%s", c->peer);
+                c->close_after = true;
+                c->read_eof = true;
+                return true;
+            }
+            atomic_fetch_add(&st->bytes_out, (uint64_t)w);
+            rs->file_off += (uint64_t)w;
+            rs->file_len -= (uint64_t)w;
+            c->deadline = now_ms(c->w) + c->w->srv->cfg.body_timeout_ms;
+            continue;
+        }
+        return true;
+    }
+}
+
+/* ---- the transition function ---- */
+
+/* resp_reset forgets a partial answer (a nowait handler that had to give up). */
+static void
+resp_reset(struct http_resp *rs)
+{
+    rs->status = 0;
+    buf_reset(&rs->headers);
+    buf_reset(&rs->body);
+    if (rs->fd >= 0)
+        close(rs->fd);
+    rs->fd = -1;
+    rs->file_off = rs->file_len = rs->head_len = 0;
+    rs->no_body = rs->close = false;
+}
+
+static void
+request_done(struct conn *c)
+{
+    req_free(c->req);
+    c->req = NULL;
+    buf_reset(&c->out);
+    c->out_off = 0;
+    c->pre_done = false;
+    c->deadline = now_ms(c->w) + c->w->srv->cfg.idle_timeout_ms;
+    c->state = CS_IDLE;
+    c->name_start = SIZE_MAX;
+    for (int i = 0; i < 2; i++)
+        if (c->sink_buf[i].cap > SINK_CHUNK * 2)
+            buf_release(&c->sink_buf[i]);
+        else
+            buf_reset(&c->sink_buf[i]);
+}
+
+static void
+conn_run(struct conn *c)
+{
+    for (;;) {
+        if (c->job != JOB_NONE) {
+            /* a pool job owns the request; only a sink write lets reading go on */
+            if (c->job != JOB_SINK)
+                break;
+        }
+        struct http_req *r = c->req;
+        switch (c->state) {
+        case CS_IDLE:
+        case CS_HEADERS:
+            if (c->paused) {
+                c->paused = false;
+                llhttp_resume(&c->parser);
+                if (c->pending.len) {
+                    conn_feed(c, c->pending.ptr, c->pending.len);
+                    if (!c->paused)
+                        buf_reset(&c->pending);
+                    continue;
+                }
+            }
+            goto wait;
+        case CS_PRE_BODY:
+            if (!c->pre_done) {
+                job_submit(c, JOB_PRE);
+                goto wait;
+            }
+            if (r->resp.status) {
+                bool has_body = r->chunked || (r->has_length && r->content_length > 0);
+                if (has_body)
+                    r->resp.close = true;
+                c->state = CS_HANDLING;
+                continue;
+            }
+            if (r->expect_continue && (r->chunked || r->content_length)) {
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                if (write(c->fd, cont, sizeof cont - 1) != (ssize_t)sizeof cont - 1) {
+                    conn_close(c);
+                    return;
+                }
+            }
+            c->state = CS_BODY;
+            c->deadline = now_ms(c->w) + c->w->srv->cfg.body_timeout_ms;
+            c->paused = false;
+            llhttp_resume(&c->parser);
+            if (c->pending.len) {
+                /* the parser may pause again at message end; conn_feed keeps the rest */
+                conn_feed(c, c->pending.ptr, c->pending.len);
+                if (!c->paused)
+                    buf_reset(&c->pending);
+            }
+            continue;
+        case CS_BODY:
+            if (r->body_mode == BODY_SINK && c->job == JOB_NONE && !r->sink_err &&
+                c->sink_buf[c->sink_fill].len >= SINK_CHUNK) {
+                c->sink_job_buf = c->sink_fill;
+                c->sink_fill ^= 1;
+                job_submit(c, JOB_SINK);
+            }
+            if (r->sink_err)
+                buf_reset(&c->sink_buf[c->sink_fill]);
+            goto wait;
+        case CS_HANDLING:
+            if (c->job == JOB_SINK)
+                goto wait;
+            if (r->pre_body && !c->pre_done && !r->resp.status) {
+                job_submit(c, JOB_PRE);
+                goto wait;
+            }
+            if (!r->resp.status && r->body_mode == BODY_SINK && !r->sink_err &&
+                c->sink_buf[c->sink_fill].len) {
+                c->sink_job_buf = c->sink_fill;
+                c->sink_fill ^= 1;
+                job_submit(c, JOB_SINK);
+                goto wait;
+            }
+            if (!r->resp.status) {
+                if (r->body_too_large) {
+                    http_resp_error(r, ERR_BODY_TOO_LARGE, NULL, NULL);
+                } else if (!r->handler) {
+                    http_resp_error(r, ERR_ROUTE_UNKNOWN, NULL, NULL);
+                } else if (r->handler_on_pool ||
+                           r->handler(r, true) == ERR_WOULDBLOCK) {
+                    resp_reset(&r->resp);
+                    job_submit(c, JOB_HANDLER);
+                    goto wait;
+                } else {
+                    atomic_fetch_add(&c->w->srv->stats.loop_handled, 1);
+                }
+            }
+            if (!llhttp_should_keep_alive(&c->parser))
+                r->resp.close = true;
+            resp_build_head(c);
+            c->state = CS_SENDING;
+            c->deadline = now_ms(c->w) + c->w->srv->cfg.body_timeout_ms;
+            continue;
+        case CS_SENDING:
+            if (!conn_write(c))
+                goto wait;
+            if (r->resp.close || c->close_after || c->w->stopping) {
+                conn_close(c);
+                return;
+            }
+            request_done(c);
+            continue;
+        }
+    }
+wait:
+    conn_update_poll(c);
+}
+
+/* ---- poll and connection management ---- */
+
+static void on_conn_poll(uv_poll_t *h, int status, int events);
+
+static void
+conn_update_poll(struct conn *c)
+{
+    if (c->closing)
+        return;
+    int want = 0;
+    bool reading_state = c->state == CS_IDLE || c->state == CS_HEADERS || c->state == CS_BODY;
+    if (reading_state && !c->paused && !c->backpressure && !c->read_eof)
+        want |= UV_READABLE;
+    if (c->state == CS_SENDING)
+        want |= UV_WRITABLE;
+    if (want == c->events)
+        return;
+    c->events = want;
+    if (want)
+        uv_poll_start(&c->poll, want, on_conn_poll);
+    else
+        uv_poll_stop(&c->poll);
+}
+
+static void
+on_conn_poll(uv_poll_t *h, int status, int events)
+{
+    struct conn *c = h->data;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    if (events & UV_WRITABLE) {
+        conn_run(c);
+        return;
+    }
+    if (events & UV_READABLE)
+        conn_read(c);
+}
+
+/* worker_maybe_finish closes the loop's last handles once draining is over, which
+ * lets uv_run return. */
+static void
+worker_maybe_finish(struct worker *w)
+{
+    if (!w->stopping || w->nconns != 0 || !w->listen_closed)
+        return;
+    uv_mutex_lock(&w->finish_mu);
+    if (!w->finished) {
+        w->finished = true;
+        uv_close((uv_handle_t *)&w->sweep, NULL);
+        uv_close((uv_handle_t *)&w->wake, NULL);
+    }
+    uv_mutex_unlock(&w->finish_mu);
+}
+
+static void
+on_conn_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    struct worker *w = c->w;
+    close(c->fd);
+    buf_release(&c->pending);
+    buf_release(&c->out);
+    buf_release(&c->sink_buf[0]);
+    buf_release(&c->sink_buf[1]);
+    free(c);
+    atomic_fetch_sub(&w->srv->nconns, 1);
+    atomic_fetch_sub(&w->srv->stats.conns_open, 1);
+    w->nconns--;
+    worker_maybe_finish(w);
+}
+
+static void
+conn_close(struct conn *c)
+{
+    if (c->job != JOB_NONE) {
+        /* the pool still works on this request: finish closing when it returns */
+        c->closing = true;
+        if (c->events) {
+            uv_poll_stop(&c->poll);
+            c->events = 0;
+        }
+        return;
+    }
+    if (uv_is_closing((uv_handle_t *)&c->poll))
+        return;
+    struct worker *w = c->w;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    req_free(c->req);
+    c->req = NULL;
+    c->closing = true;
+    uv_poll_stop(&c->poll);
+    uv_close((uv_handle_t *)&c->poll, on_conn_closed);
+}
+
+static void
+accept_one(struct worker *w, int fd, struct sockaddr_storage *ss)
+{
+    http_server *srv = w->srv;
+    unsigned n = atomic_fetch_add(&srv->nconns, 1);
+    if (n >= srv->cfg.max_connections) {
+        static const char busy[] =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            "Content-Length: 92\r\nConnection: close\r\n\r\n"
+            "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"too many connections\","
+            "\"detail\":null}]}";
+        ssize_t wr = write(fd, busy, sizeof busy - 1);
+        (void)wr;
+        close(fd);
+        atomic_fetch_sub(&srv->nconns, 1);
+        atomic_fetch_add(&srv->stats.conns_refused, 1);
+        return;
+    }
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        atomic_fetch_sub(&srv->nconns, 1);
+        return;
+    }
+    c->w = w;
+    c->fd = fd;
+    c->name_start = SIZE_MAX;
+    buf_init(&c->pending);
+    buf_init(&c->out);
+    buf_init(&c->sink_buf[0]);
+    buf_init(&c->sink_buf[1]);
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)ss)->sin_addr, c->peer, sizeof c->peer);
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ss)->sin6_addr, c->peer, sizeof c->peer);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
+    c->parser.data = c;
+    uv_poll_init(&w->loop, &c->poll, fd);
+    c->poll.data = c;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    atomic_fetch_add(&srv->stats.conns_open, 1);
+    atomic_fetch_add(&srv->stats.conns_total, 1);
+    c->state = CS_IDLE;
+    c->deadline = now_ms(w) + srv->cfg.idle_timeout_ms;
+    conn_update_poll(c);
+}
+
+static void
+on_listen_poll(uv_poll_t *h, int status, int events)
+{
+    struct worker *w = h->data;
+    (void)events;
+    if (status < 0)
+        return;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(w->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE)
+                log_warn("HTTP-ACCEPT", "error=\"%s\"", strerror(errno));
+            return;
+        }
+        accept_one(w, fd, &ss);
+    }
+}
+
+static void
+on_sweep(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    update_date(w);
+    uint64_t now = now_ms(w);
+    struct conn *c = w->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (c->deadline && now > c->deadline && c->job == JOB_NONE &&
+            (c->state == CS_IDLE || c->state == CS_HEADERS || c->state == CS_BODY ||
+             c->state == CS_SENDING)) {
+            if (c->state != CS_IDLE) {
+                atomic_fetch_add(&w->srv->stats.timeouts, 1);
+                log_info("HTTP-TIMEOUT", "peer=%s state=%d", c->peer, (int)c->state);
+            }
+            conn_close(c);
+        }
+    }
+}
+
+static void
+worker_close_listener(struct worker *w)
+{
+    if (w->listen_closed)
+        return;
+    w->listen_closed = true;
+    uv_poll_stop(&w->listen_poll);
+    uv_close((uv_handle_t *)&w->listen_poll, NULL);
+    close(w->listen_fd);
+    w->listen_fd = -1;
+}
+
+static void
+on_wake(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    int phase = atomic_load(&w->srv->stop_phase);
+    if (phase == 0)
+        return;
+    w->stopping = true;
+    worker_close_listener(w);
+    struct conn *c = w->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (phase == 2 || (c->state == CS_IDLE && c->job == JOB_NONE))
+            conn_close(c);
+        else
+            c->close_after = true;
+    }
+    worker_maybe_finish(w);
+}
+
+static void
+worker_main(void *arg)
+{
+    struct worker *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+}
+
+/* ---- server ---- */
+
+static err
+split_hostport(const char *s, char *host, size_t hn, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    uint64_t p;
+    if (!colon || !slice_parse_u64(slice_of_cstr(colon + 1), &p) || p > 65535)
+        return ERR_CONFIG;
+    slice h = {s, (size_t)(colon - s)};
+    if (h.len >= 2 && h.ptr[0] == '[') {
+        h.ptr++;
+        h.len -= 2;
+    }
+    if (!str_copy_slice(host, hn, h))
+        return ERR_CONFIG;
+    if (!host[0])
+        str_copy(host, hn, "0.0.0.0");
+    *port = (int)p;
+    return ERR_OK;
+}
+
+static int
+bind_listener(const char *host, int port, int *fd_out)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        sl = sizeof *a4;
+    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        sl = sizeof *a6;
+    } else if (strcmp(host, "localhost") == 0) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        sl = sizeof *a4;
+    } else {
+        return -EINVAL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+err
+http_server_new(const struct http_config *cfg, void (*on_headers)(struct http_req *r), void *app,
+                http_server **out)
+{
+    http_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return ERR_NOMEM;
+    s->cfg = *cfg;
+    s->on_headers = on_headers;
+    s->app = app;
+    s->nworkers = cfg->workers ? cfg->workers : uv_available_parallelism();
+    if (s->nworkers > 64)
+        s->nworkers = 64;
+    err e = split_hostport(cfg->listen, s->host, sizeof s->host, &s->port);
+    if (e) {
+        log_error("HTTP-LISTEN", "listen=\"%s\" error=\"expected host:port\"", cfg->listen);
+        free(s);
+        return e;
+    }
+    llhttp_settings_init(&s->settings);
+    s->settings.on_message_begin = on_message_begin;
+    s->settings.on_url = on_url;
+    s->settings.on_url_complete = on_url_complete;
+    s->settings.on_header_field = on_header_field;
+    s->settings.on_header_field_complete = on_header_field_complete;
+    s->settings.on_header_value = on_header_value;
+    s->settings.on_header_value_complete = on_header_value_complete;
+    s->settings.on_headers_complete = on_headers_complete;
+    s->settings.on_body = on_body;
+    s->settings.on_message_complete = on_message_complete;
+
+    s->workers = calloc(s->nworkers, sizeof *s->workers);
+    if (!s->workers) {
+        free(s);
+        return ERR_NOMEM;
+    }
+    for (unsigned i = 0; i < s->nworkers; i++)
+        s->workers[i].listen_fd = -1;
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        int rc = bind_listener(s->host, s->port, &w->listen_fd);
+        if (rc < 0) {
+            log_error("HTTP-LISTEN", "listen=%s:%d error=\"%s\"", s->host, s->port, strerror(-rc));
+            for (unsigned j = 0; j < i; j++)
+                close(s->workers[j].listen_fd);
+            free(s->workers);
+            free(s);
+            return ERR_IO;
+        }
+        if (i == 0 && s->port == 0) {
+            struct sockaddr_storage ss;
+            socklen_t sl = sizeof ss;
+            getsockname(w->listen_fd, (struct sockaddr *)&ss, &sl);
+            s->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                    : ((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+    }
+    *out = s;
+    return ERR_OK;
+}
+
+int
+http_server_port(const http_server *s)
+{
+    return s->port;
+}
+
+err
+http_server_start(http_server *s)
+{
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        w->srv = s;
+        w->idx = i;
+        w->rbuf = malloc(READ_BUF_SIZE);
+        if (!w->rbuf || uv_loop_init(&w->loop) != 0)
+            return ERR_NOMEM;
+        uv_mutex_init(&w->finish_mu);
+        update_date(w);
+        uv_poll_init(&w->loop, &w->listen_poll, w->listen_fd);
+        w->listen_poll.data = w;
+        uv_poll_start(&w->listen_poll, UV_READABLE, on_listen_poll);
+        uv_async_init(&w->loop, &w->wake, on_wake);
+        w->wake.data = w;
+        uv_timer_init(&w->loop, &w->sweep);
+        w->sweep.data = w;
+        uv_timer_start(&w->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+        if (uv_thread_create(&w->thread, worker_main, w) != 0)
+            return ERR_NOMEM;
+    }
+    log_info("HTTP-LISTEN", "addr=%s:%d workers=%u max_connections=%u", s->host, s->port,
+             s->nworkers, s->cfg.max_connections);
+    return ERR_OK;
+}
+
+static void
+worker_wake(struct worker *w)
+{
+    uv_mutex_lock(&w->finish_mu);
+    if (!w->finished)
+        uv_async_send(&w->wake);
+    uv_mutex_unlock(&w->finish_mu);
+}
+
+void
+http_server_stop(http_server *s, uint64_t drain_ms)
+{
+    atomic_store(&s->stop_phase, 1);
+    for (unsigned i = 0; i < s->nworkers; i++)
+        worker_wake(&s->workers[i]);
+    /* wait for the drain; then force */
+    uint64_t waited = 0;
+    while (atomic_load(&s->nconns) > 0 && waited < drain_ms) {
+        usleep(20000);
+        waited += 20;
+    }
+    if (atomic_load(&s->nconns) > 0) {
+        log_warn("HTTP-DRAIN-TIMEOUT", "open_connections=%u", atomic_load(&s->nconns));
+        atomic_store(&s->stop_phase, 2);
+        for (unsigned i = 0; i < s->nworkers; i++)
+            worker_wake(&s->workers[i]);
+    }
+    for (unsigned i = 0; i < s->nworkers; i++)
+        uv_thread_join(&s->workers[i].thread);
+}
+
+void
+http_server_free(http_server *s)
+{
+    if (!s)
+        return;
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        if (w->rbuf) {
+            uv_loop_close(&w->loop);
+            uv_mutex_destroy(&w->finish_mu);
+            free(w->rbuf);
+        }
+        if (w->listen_fd >= 0)
+            close(w->listen_fd);
+    }
+    free(s->workers);
+    free(s);
+}
+
+struct http_stats *
+http_server_stats(http_server *s)
+{
+    return &s->stats;
+}
+
+/* ---- helpers ---- */
+
+slice
+http_req_header(const struct http_req *r, const char *name)
+{
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (slice_eq_cstr(r->headers[i].name, name))
+            return r->headers[i].value;
+    return (slice){NULL, 0};
+}
+
+static int
+hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+bool
+http_req_query(const struct http_req *r, const char *name, char *out, size_t n)
+{
+    size_t nl = strlen(name);
+    const char *p = r->query.ptr, *end = r->query.ptr + r->query.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *pe = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(pe - p));
+        const char *ke = eq ? eq : pe;
+        if ((size_t)(ke - p) == nl && memcmp(p, name, nl) == 0) {
+            size_t j = 0;
+            for (const char *v = eq ? eq + 1 : pe; v < pe; v++) {
+                char ch = *v;
+                if (ch == '%' && pe - v >= 3 && hexval(v[1]) >= 0 && hexval(v[2]) >= 0) {
+                    ch = (char)(hexval(v[1]) * 16 + hexval(v[2]));
+                    v += 2;
+                } else if (ch == '+') {
+                    ch = ' ';
+                }
+                if (j + 1 >= n)
+                    return false;
+                out[j++] = ch;
+            }
+            out[j] = '\0';
+            return true;
+        }
+        p = pe + 1;
+    }
+    return false;
+}
+
+void
+http_resp_header(struct http_req *r, const char *name, const char *fmt, ...)
+{
+    va_list ap;
+    buf_adds(&r->resp.headers, name);
+    buf_adds(&r->resp.headers, ": ");
+    va_start(ap, fmt);
+    buf_vaddf(&r->resp.headers, fmt, ap);
+    va_end(ap);
+    buf_adds(&r->resp.headers, "\r\n");
+}
+
+void
+http_resp_error(struct http_req *r, err e, const char *message, const char *detail)
+{
+    buf *b = &r->resp.body;
+    const char *msg = message ? message : err_str(e);
+    r->resp.status = err_http_status(e);
+    buf_reset(b);
+    if (r->resp.fd >= 0) {
+        close(r->resp.fd);
+        r->resp.fd = -1;
+    }
+    buf_adds(b, "{\"errors\":[{\"code\":");
+    const char *code = err_oci_code(e);
+    buf_add_json_str(b, code, strlen(code));
+    buf_adds(b, ",\"message\":");
+    buf_add_json_str(b, msg, strlen(msg));
+    buf_adds(b, ",\"detail\":");
+    if (detail)
+        buf_add_json_str(b, detail, strlen(detail));
+    else
+        buf_adds(b, "null");
+    buf_adds(b, "}]}");
+    http_resp_header(r, "Content-Type", "application/json");
+}
+
+void
+http_resp_json(struct http_req *r, int status, const char *json, size_t len)
+{
+    r->resp.status = status;
+    buf_reset(&r->resp.body);
+    buf_add(&r->resp.body, json, len);
+    http_resp_header(r, "Content-Type", "application/json");
+}

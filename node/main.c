@@ -1,0 +1,113 @@
+/* The georeg command: `serve` runs a node; the other commands talk to a running
+ * node over its HTTP API. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "../common/log.h"
+#include "cli.h"
+#include "config.h"
+#include "node.h"
+#include "../common/banned.h"
+
+#ifndef GEOREG_VERSION
+#define GEOREG_VERSION "0.1.0"
+#endif
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+            "usage: georeg <command> [options]\n"
+            "\n"
+            "  serve  [--config FILE] [--listen HOST:PORT] [--data DIR] [--name NAME]\n"
+            "         run a node (every config key can also come from GEOREG_* variables)\n"
+            "  status [--url URL] [--json]             node and replication state\n"
+            "  lag    [--url URL] [--json]             replication lag per replica\n"
+            "  wait   NAME:TAG --regions a,b [--timeout 60s] [--url URL]\n"
+            "         exit 0 once the regions hold the image, 1 on timeout\n"
+            "  version\n");
+}
+
+static int
+cmd_serve(int argc, char **argv)
+{
+    const char *config = NULL, *listen = NULL, *data = NULL, *name = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--config") && v)
+            config = v, i++;
+        else if (!strcmp(a, "--listen") && v)
+            listen = v, i++;
+        else if (!strcmp(a, "--data") && v)
+            data = v, i++;
+        else if (!strcmp(a, "--name") && v)
+            name = v, i++;
+        else {
+            fprintf(stderr, "georeg serve: unknown or incomplete option %s\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    static struct cfg cfg;
+    char why[512];
+    cfg_defaults(&cfg);
+    if (cfg_load(&cfg, config, why, sizeof why)) {
+        fprintf(stderr, "georeg: config: %s\n", why);
+        return 2;
+    }
+    if (listen)
+        str_copy(cfg.listen, sizeof cfg.listen, listen);
+    if (data)
+        str_copy(cfg.data_dir, sizeof cfg.data_dir, data);
+    if (name)
+        str_copy(cfg.name, sizeof cfg.name, name);
+    log_set_level(cfg.log_level);
+
+    /* storage steps of every loop share libuv's pool: size it before first use */
+    char pool[16];
+    unsigned ncpu = uv_available_parallelism();
+    snprintf(pool, sizeof pool, "%u", ncpu * 4 < 8 ? 8 : ncpu * 4);
+    setenv("UV_THREADPOOL_SIZE", pool, 0);
+
+    struct node *n = NULL;
+    err e = node_open(&cfg, &n);
+    if (e) {
+        fprintf(stderr, "georeg: cannot start: %s\n", err_str(e));
+        cfg_release(&cfg);
+        return 1;
+    }
+    e = node_run(n);
+    node_close(n);
+    cfg_release(&cfg);
+    return e ? 1 : 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc - 2, argv + 2);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("georeg %s\n", GEOREG_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    int rc = cli_main(cmd, argc - 2, argv + 2);
+    if (rc == -1) {
+        fprintf(stderr, "georeg: unknown command %s\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    return rc;
+}

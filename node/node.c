@@ -1,0 +1,146 @@
+/* Node lifecycle: open the store, bind HTTP, serve until a signal, drain, close. */
+#include "node.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "../common/log.h"
+#include "../common/banned.h"
+
+static uint64_t
+wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+err
+node_open(const struct cfg *cfg, struct node **out)
+{
+    struct node *n = calloc(1, sizeof *n);
+    err e;
+    if (!n)
+        return ERR_NOMEM;
+    n->cfg = cfg;
+    n->started_ms = wall_ms();
+    struct store_options so = {.inline_max = cfg->inline_max, .cache_bytes = cfg->cache_bytes};
+    if ((e = store_open(cfg->data_dir, &so, &n->store)))
+        goto fail;
+    struct http_config hc = {
+        .listen = cfg->listen,
+        .workers = cfg->workers,
+        .max_connections = cfg->max_connections,
+        .header_timeout_ms = cfg->header_timeout_ms,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+        .body_timeout_ms = cfg->body_timeout_ms,
+        .max_header_bytes = cfg->max_header_bytes,
+    };
+    if ((e = http_server_new(&hc, oci_on_headers, n, &n->http)))
+        goto fail;
+    *out = n;
+    return ERR_OK;
+fail:
+    node_close(n);
+    return e;
+}
+
+bool
+node_writable(struct node *n, const char **primary_url)
+{
+    if (n->cfg->primary)
+        return true;
+    if (primary_url)
+        *primary_url = n->cfg->primary_url;
+    return false;
+}
+
+struct run_ctx {
+    struct node *n;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t housekeeping;
+    int signo;
+};
+
+static void
+on_signal(uv_signal_t *h, int signo)
+{
+    struct run_ctx *rc = h->data;
+    rc->signo = signo;
+    log_info("NODE-SIGNAL", "signal=%d action=drain", signo);
+    uv_stop(h->loop);
+}
+
+static void
+on_upload_purge_done(uv_work_t *w, int status)
+{
+    (void)status;
+    free(w);
+}
+
+static void
+upload_purge_work(uv_work_t *w)
+{
+    struct node *n = w->data;
+    store_upload_purge(n->store, n->cfg->upload_max_age_s);
+}
+
+static void
+on_housekeeping(uv_timer_t *t)
+{
+    struct run_ctx *rc = t->data;
+    uv_work_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return;
+    w->data = rc->n;
+    if (uv_queue_work(t->loop, w, upload_purge_work, on_upload_purge_done) != 0)
+        free(w);
+}
+
+err
+node_run(struct node *n)
+{
+    uv_loop_t loop;
+    struct run_ctx rc = {.n = n};
+    err e;
+    if (uv_loop_init(&loop) != 0)
+        return ERR_NOMEM;
+    if ((e = http_server_start(n->http)))
+        goto out;
+    uv_signal_init(&loop, &rc.sigterm);
+    uv_signal_init(&loop, &rc.sigint);
+    rc.sigterm.data = rc.sigint.data = &rc;
+    uv_signal_start(&rc.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&rc.sigint, on_signal, SIGINT);
+    uv_timer_init(&loop, &rc.housekeeping);
+    rc.housekeeping.data = &rc;
+    uv_timer_start(&rc.housekeeping, on_housekeeping, 60000, 3600000);
+    atomic_store(&n->ready, true);
+    log_info("NODE-READY", "name=%s role=%s data=%s port=%d", n->cfg->name,
+             n->cfg->primary ? "primary" : "secondary", n->cfg->data_dir,
+             http_server_port(n->http));
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    atomic_store(&n->ready, false);
+    http_server_stop(n->http, n->cfg->drain_timeout_ms);
+    log_info("NODE-STOPPED", "name=%s", n->cfg->name);
+    uv_close((uv_handle_t *)&rc.sigterm, NULL);
+    uv_close((uv_handle_t *)&rc.sigint, NULL);
+    uv_close((uv_handle_t *)&rc.housekeeping, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT); /* pending purge work and close callbacks */
+out:
+    uv_loop_close(&loop);
+    return e;
+}
+
+void
+node_close(struct node *n)
+{
+    if (!n)
+        return;
+    http_server_free(n->http);
+    store_close(n->store);
+    free(n);
+}
