@@ -222,6 +222,7 @@ static const struct key keys[] = {
     {"replication.chunk_size", K_SIZE, F(repl_chunk_bytes)},
     {"replication.log_retention", K_INT, F(repl_log_retention)},
     {"replication.heartbeat", K_DUR, F(repl_heartbeat_ms)},
+    {"replication.epoch", K_INT, F(repl_min_epoch)},
 };
 
 static const struct key replica_keys[] = {

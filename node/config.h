@@ -65,6 +65,7 @@ struct cfg {
     uint64_t repl_chunk_bytes;
     uint64_t repl_log_retention; /* events kept beyond the slowest replica, at most */
     uint64_t repl_heartbeat_ms;
+    uint64_t repl_min_epoch;
     struct cfg_replica replicas[CFG_MAX_REPLICAS];
     size_t nreplicas;
 };

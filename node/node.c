@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "../common/log.h"
+#include "../replication/repl.h"
 #include "../common/banned.h"
 
 static uint64_t
@@ -15,6 +16,56 @@ wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void
+globs_of(const struct cfg_globs *g, const char **out, size_t *n)
+{
+    *n = g->n < REPL_MAX_GLOBS ? g->n : REPL_MAX_GLOBS;
+    for (size_t i = 0; i < *n; i++)
+        out[i] = g->items[i];
+}
+
+/* open_repl builds the replication options from the frozen config. */
+static err
+open_repl(struct node *n)
+{
+    const struct cfg *c = n->cfg;
+    struct repl_replica_options ro[CFG_MAX_REPLICAS];
+    memset(ro, 0, sizeof ro);
+    for (size_t i = 0; i < c->nreplicas; i++) {
+        const struct cfg_replica *cr = &c->replicas[i];
+        ro[i].name = cr->name;
+        ro[i].address = cr->address;
+        globs_of(&cr->include, ro[i].filter.include, &ro[i].filter.ninclude);
+        globs_of(&cr->exclude, ro[i].filter.exclude, &ro[i].filter.nexclude);
+        globs_of(&cr->include_tags, ro[i].filter.include_tags, &ro[i].filter.ninclude_tags);
+        globs_of(&cr->exclude_tags, ro[i].filter.exclude_tags, &ro[i].filter.nexclude_tags);
+    }
+    char url[300];
+    if (c->public_url[0])
+        str_copy(url, sizeof url, c->public_url);
+    else
+        snprintf(url, sizeof url, "http://%s", c->listen);
+    struct repl_options o = {
+        .node_name = c->name,
+        .primary = c->primary,
+        .listen = c->repl_listen,
+        .public_url = url,
+        .primary_url = c->primary_url,
+        .tls_cert = c->repl_tls.cert,
+        .tls_key = c->repl_tls.key,
+        .tls_ca = c->repl_tls.ca,
+        .insecure = c->repl_insecure,
+        .min_epoch = c->repl_min_epoch,
+        .window = c->repl_window,
+        .chunk_bytes = c->repl_chunk_bytes,
+        .log_retention = c->repl_log_retention,
+        .heartbeat_ms = c->repl_heartbeat_ms,
+        .replicas = ro,
+        .nreplicas = c->nreplicas,
+    };
+    return repl_new(n->store, &o, &n->repl);
 }
 
 err
@@ -40,6 +91,8 @@ node_open(const struct cfg *cfg, struct node **out)
     };
     if ((e = http_server_new(&hc, oci_on_headers, n, &n->http)))
         goto fail;
+    if ((e = open_repl(n)))
+        goto fail;
     *out = n;
     return ERR_OK;
 fail:
@@ -48,13 +101,9 @@ fail:
 }
 
 bool
-node_writable(struct node *n, const char **primary_url)
+node_writable(struct node *n, char *primary_url, size_t len)
 {
-    if (n->cfg->primary)
-        return true;
-    if (primary_url)
-        *primary_url = n->cfg->primary_url;
-    return false;
+    return repl_writable(n->repl, primary_url, len);
 }
 
 struct run_ctx {
@@ -81,10 +130,16 @@ on_upload_purge_done(uv_work_t *w, int status)
 }
 
 static void
-upload_purge_work(uv_work_t *w)
+housekeeping_work(uv_work_t *w)
 {
     struct node *n = w->data;
-    store_upload_purge(n->store, n->cfg->upload_max_age_s);
+    static _Thread_local uint64_t last_purge;
+    uint64_t now = (uint64_t)time(NULL);
+    if (now - last_purge >= 3600) {
+        store_upload_purge(n->store, n->cfg->upload_max_age_s);
+        last_purge = now;
+    }
+    repl_housekeeping(n->repl);
 }
 
 static void
@@ -95,7 +150,7 @@ on_housekeeping(uv_timer_t *t)
     if (!w)
         return;
     w->data = rc->n;
-    if (uv_queue_work(t->loop, w, upload_purge_work, on_upload_purge_done) != 0)
+    if (uv_queue_work(t->loop, w, housekeeping_work, on_upload_purge_done) != 0)
         free(w);
 }
 
@@ -109,6 +164,10 @@ node_run(struct node *n)
         return ERR_NOMEM;
     if ((e = http_server_start(n->http)))
         goto out;
+    if ((e = repl_start(n->repl))) {
+        http_server_stop(n->http, 0);
+        goto out;
+    }
     uv_signal_init(&loop, &rc.sigterm);
     uv_signal_init(&loop, &rc.sigint);
     rc.sigterm.data = rc.sigint.data = &rc;
@@ -116,15 +175,16 @@ node_run(struct node *n)
     uv_signal_start(&rc.sigint, on_signal, SIGINT);
     uv_timer_init(&loop, &rc.housekeeping);
     rc.housekeeping.data = &rc;
-    uv_timer_start(&rc.housekeeping, on_housekeeping, 60000, 3600000);
+    uv_timer_start(&rc.housekeeping, on_housekeeping, 5000, 5000);
     atomic_store(&n->ready, true);
     log_info("NODE-READY", "name=%s role=%s data=%s port=%d", n->cfg->name,
-             n->cfg->primary ? "primary" : "secondary", n->cfg->data_dir,
+             repl_is_primary(n->repl) ? "primary" : "secondary", n->cfg->data_dir,
              http_server_port(n->http));
     uv_run(&loop, UV_RUN_DEFAULT);
 
     atomic_store(&n->ready, false);
     http_server_stop(n->http, n->cfg->drain_timeout_ms);
+    repl_stop(n->repl);
     log_info("NODE-STOPPED", "name=%s", n->cfg->name);
     uv_close((uv_handle_t *)&rc.sigterm, NULL);
     uv_close((uv_handle_t *)&rc.sigint, NULL);
@@ -140,6 +200,7 @@ node_close(struct node *n)
 {
     if (!n)
         return;
+    repl_free(n->repl);
     http_server_free(n->http);
     store_close(n->store);
     free(n);

@@ -23,6 +23,7 @@ struct node {
     http_server *http;
     struct repl *repl; /* NULL on a single node without replication */
     _Atomic bool ready;
+    _Atomic unsigned locate_waiters;
     struct node_metrics metrics;
     uint64_t started_ms;
 };
@@ -35,9 +36,9 @@ err node_run(struct node *n);
 /* node_close stops everything still running and frees the node; accepts NULL. */
 void node_close(struct node *n);
 
-/* node_writable: this node accepts pushes. When it does not, *primary_url names
- * where to push (may be empty). */
-bool node_writable(struct node *n, const char **primary_url);
+/* node_writable: this node accepts pushes. When it does not, primary_url (len
+ * bytes) receives where to push (may be empty). */
+bool node_writable(struct node *n, char *primary_url, size_t len);
 
 /* oci_on_headers routes a request (the HTTP server's on_headers). */
 void oci_on_headers(struct http_req *r);

@@ -757,13 +757,13 @@ method_not_allowed(struct http_req *r)
 static bool
 refuse_write(struct http_req *r)
 {
-    const char *primary = NULL;
-    if (node_writable(node_of(r), &primary))
+    char primary[256] = "";
+    if (node_writable(node_of(r), primary, sizeof primary))
         return false;
     char msg[400];
     snprintf(msg, sizeof msg, "this node is a read-only replica; push to the primary at %s",
-             primary && primary[0] ? primary : "(primary URL not configured)");
-    http_resp_error(r, ERR_READ_ONLY, msg, primary);
+             primary[0] ? primary : "(primary URL not known yet)");
+    http_resp_error(r, ERR_READ_ONLY, msg, primary[0] ? primary : NULL);
     return true;
 }
 

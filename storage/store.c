@@ -47,14 +47,14 @@ get_u64le(const char *p)
     return v;
 }
 
-static void
+void
 put_u64be(char *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++)
         p[i] = (char)(v >> (56 - 8 * i));
 }
 
-static uint64_t
+uint64_t
 get_u64be(const char *p)
 {
     uint64_t v = 0;
@@ -95,7 +95,7 @@ key3(buf *k, const char *a, const char *b, const char *c)
 
 /* ---- RocksDB wrappers: translate char *err once, here ---- */
 
-static err
+err
 rdb_err(const char *what, char *msg)
 {
     if (!msg)
@@ -207,6 +207,8 @@ commit_locked(store *s, rocksdb_writebatch_t *wb, struct store_event *ev)
     buf enc = BUF_INIT;
     uint64_t seq = 0;
     err e = ERR_OK;
+    if (ev && ev->seq == SEQ_NOLOG)
+        ev = NULL;
     if (ev) {
         seq = ev->seq ? ev->seq : s->head + 1;
         if (!ev->time_ms)
@@ -223,6 +225,8 @@ commit_locked(store *s, rocksdb_writebatch_t *wb, struct store_event *ev)
     e = rdb_err("write", msg);
     if (!e && seq > s->head)
         s->head = seq;
+    if (!e && seq && s->hook)
+        s->hook(s->hook_arg, seq);
 out:
     buf_release(&enc);
     return e;
@@ -599,7 +603,7 @@ manifest_value(buf *out, const char *media_type, slice body)
 }
 
 /* manifest link value: [time u64][subject digest or nothing] */
-static err
+err
 put_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_manifest_put *m,
                     char missing[DIGEST_MAX], uint64_t seq)
 {
@@ -623,10 +627,12 @@ put_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_manif
     batch_put(s, wb, CF_MANIFESTS, m->digest, strlen(m->digest), v.ptr, v.len);
     if ((e = key2(&k, m->repo, m->digest)))
         goto out;
+    uint64_t evseq = seq == SEQ_NOLOG ? 0 : seq ? seq : s->head + 1;
     buf_reset(&v);
-    char t[8];
+    char t[16];
     put_u64le(t, store_now_ms());
-    buf_add(&v, t, 8);
+    put_u64le(t + 8, evseq);
+    buf_add(&v, t, 16);
     if (m->subject)
         buf_adds(&v, m->subject);
     batch_put(s, wb, CF_MANIFEST_LINKS, k.ptr, k.len, v.ptr, v.len);
@@ -643,7 +649,11 @@ put_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_manif
             buf_release(&rk);
         }
         buf_release(&old);
-        batch_put(s, wb, CF_TAGS, k.ptr, k.len, m->digest, strlen(m->digest));
+        char tv[DIGEST_MAX + 8];
+        size_t dl = strlen(m->digest);
+        memcpy(tv, m->digest, dl + 1);
+        put_u64le(tv + dl + 1, evseq);
+        batch_put(s, wb, CF_TAGS, k.ptr, k.len, tv, dl + 9);
         if ((e = key3(&k, m->repo, m->digest, m->tag)))
             goto out;
         batch_put(s, wb, CF_TAG_INDEX, k.ptr, k.len, "", 0);
@@ -753,7 +763,7 @@ out:
     return e;
 }
 
-static err
+err
 delete_manifest_locked(store *s, rocksdb_writebatch_t *wb, const char *repo, const char *digest,
                        uint64_t seq)
 {
@@ -767,9 +777,9 @@ delete_manifest_locked(store *s, rocksdb_writebatch_t *wb, const char *repo, con
     if (e)
         goto out;
     batch_del(s, wb, CF_MANIFEST_LINKS, k.ptr, k.len);
-    if (v.len > 8) {
+    if (v.len > 16) {
         buf rk = BUF_INIT;
-        key3(&rk, repo, v.ptr + 8, digest);
+        key3(&rk, repo, v.ptr + 16, digest);
         batch_del(s, wb, CF_REFERRERS, rk.ptr, rk.len);
         buf_release(&rk);
     }
@@ -797,7 +807,7 @@ store_manifest_delete(store *s, const char *repo, const char *digest)
     return e;
 }
 
-static err
+err
 delete_tag_locked(store *s, rocksdb_writebatch_t *wb, const char *repo, const char *tag,
                   uint64_t seq)
 {

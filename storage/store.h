@@ -216,4 +216,53 @@ struct store_stats {
 };
 void store_get_stats(store *s, struct store_stats *out);
 
+
+/* ---- replication support ---- */
+
+/* store_set_commit_hook: fn(arg, seq) runs after every committed log event, on the
+ * committing thread, with the commit lock held: it must only signal, never block or
+ * call back into the store. Set it once, before concurrent use. */
+void store_set_commit_hook(store *s, void (*fn)(void *arg, uint64_t seq), void *arg);
+
+/* What a secondary needs beside the event to apply a MANIFEST_PUT: the references
+ * and subject it parsed itself from the (digest-verified) body. */
+struct store_apply_extra {
+    const struct store_ref *refs;
+    size_t nrefs;
+    const char *subject;
+    slice descriptor;
+};
+
+/* store_apply applies one event received from the primary, in order and
+ * idempotently, recording ev->seq as the applied sequence in the same synced batch
+ * and appending the event to this node's log under the same seq.
+ * - ev->seq <= applied: a duplicate, nothing changes, ERR_OK.
+ * - ev->seq > applied + 1: a gap, ERR_PROTOCOL.
+ * - ev->type EV_NONE: a filtered event; only the applied sequence moves.
+ * - ev->seq == 0: a resync record: applied as is, no sequence check, not logged.
+ * MANIFEST_PUT fails with ERR_MANIFEST_BLOB_UNKNOWN (nothing applied) while a
+ * reference is missing; BLOB_LINK with ERR_BLOB_UNKNOWN while the bytes are. Deletes
+ * of something already gone succeed. */
+err store_apply(store *s, const struct store_event *ev, const struct store_apply_extra *x);
+/* store_applied_seq: the highest primary sequence this node has applied. */
+uint64_t store_applied_seq(store *s);
+/* store_resync_begin drops every link, tag, referrer and catalog entry (blob and
+ * manifest bytes stay, content-addressed, so they need not travel again). */
+err store_resync_begin(store *s);
+/* store_resync_end records snapshot_seq as applied and restarts this node's own log
+ * just after it (the log before it no longer describes the state). */
+err store_resync_end(store *s, uint64_t snapshot_seq);
+/* store_snapshot_stream takes a consistent snapshot and calls cb with synthetic
+ * events (seq 0) that rebuild the state in a safe order: every blob link, then
+ * manifests (image manifests before indexes), then tags (MANIFEST_PUT with tag),
+ * then replicated metadata. *snapshot_seq is the log head the snapshot matches.
+ * Stops early when cb returns false (ERR_OK). */
+err store_snapshot_stream(store *s, store_event_cb cb, void *arg, uint64_t *snapshot_seq);
+/* store_manifest_seq resolves ref (tag or digest) in repo to its digest and the log
+ * sequence of the event that made it so. ERR_MANIFEST_UNKNOWN when absent. */
+err store_manifest_seq(store *s, const char *repo, const char *ref, char digest[DIGEST_MAX],
+                       uint64_t *seq);
+/* store_log_event_time: commit time (ms) of event seq, 0 when not in the log. */
+uint64_t store_log_event_time(store *s, uint64_t seq);
+
 #endif

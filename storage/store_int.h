@@ -24,6 +24,8 @@ enum store_cf {
 };
 
 #define UPLOAD_BUCKETS 256
+/* A seq argument meaning "apply but do not log" (resync records). */
+#define SEQ_NOLOG UINT64_MAX
 
 struct store {
     char dir[4096];
@@ -41,7 +43,10 @@ struct store {
     /* Serialises every committing writer: sequence numbers and read-modify-write
      * checks (manifest refs, tag moves) happen under it. */
     pthread_mutex_t commit_mu;
-    uint64_t head; /* highest committed log seq; under commit_mu */
+    uint64_t head;    /* highest committed log seq; under commit_mu */
+    uint64_t applied; /* secondary: highest primary seq applied; under commit_mu */
+    void (*hook)(void *arg, uint64_t seq);
+    void *hook_arg;
 
     pthread_mutex_t uploads_mu;
     struct store_upload *uploads[UPLOAD_BUCKETS];
@@ -64,5 +69,14 @@ void blob_dir_of(const store *s, const char *digest, char *out, size_t n);
 void blob_record(buf *out, uint64_t size, const void *inline_bytes);
 err fsync_dir(const char *dir);
 void uploads_free_all(store *s);
+err put_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_manifest_put *m,
+                        char missing[DIGEST_MAX], uint64_t seq);
+err delete_manifest_locked(store *s, rocksdb_writebatch_t *wb, const char *repo,
+                           const char *digest, uint64_t seq);
+err delete_tag_locked(store *s, rocksdb_writebatch_t *wb, const char *repo, const char *tag,
+                      uint64_t seq);
+void put_u64be(char *p, uint64_t v);
+uint64_t get_u64be(const char *p);
+err rdb_err(const char *what, char *msg);
 
 #endif

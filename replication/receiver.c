@@ -1,0 +1,378 @@
+/* The secondary's receiver: one thread that takes the primary's messages in order,
+ * trusts nothing from the wire (names, digests and manifests are re-validated,
+ * every blob and manifest digest recomputed), applies events through store_apply
+ * (in order, idempotent, applied seq in the same batch) and acknowledges each
+ * message with how far it got. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "repl_int.h"
+#include "../common/digest.h"
+#include "../common/log.h"
+#include "../common/manifest.h"
+#include "../common/ref.h"
+#include "../common/banned.h"
+
+/* A blob arriving in chunks. */
+struct ingest {
+    char digest[DIGEST_MAX];
+    uint64_t size;
+    store_upload *u;
+};
+
+struct recv {
+    repl *r;
+    bool url_configured;
+    struct ingest in;
+    char failed[DIGEST_MAX]; /* blob the primary must resend */
+    char done[DIGEST_MAX];
+    char error[256];
+};
+
+static void
+ingest_drop(struct recv *rc)
+{
+    if (rc->in.u) {
+        char id[STORE_UPLOAD_ID_LEN + 1];
+        str_copy(id, sizeof id, store_upload_id(rc->in.u));
+        store_upload_release(rc->r->store, rc->in.u);
+        store_upload_cancel(rc->r->store, "", id);
+        rc->in.u = NULL;
+    }
+    rc->in.digest[0] = '\0';
+}
+
+static void
+chunk_failed(struct recv *rc, const char *digest, const char *why)
+{
+    log_warn("REPL-CHUNK-REJECTED", "digest=%s reason=\"%s\"", digest, why);
+    str_copy(rc->failed, sizeof rc->failed, digest);
+    ingest_drop(rc);
+}
+
+static void
+on_chunk(struct recv *rc, const Georeg__Repl__BlobChunk *c)
+{
+    store *s = rc->r->store;
+    if (!ref_digest_valid(slice_of_cstr(c->digest))) {
+        snprintf(rc->error, sizeof rc->error, "invalid digest in chunk");
+        return;
+    }
+    if (c->offset == 0 || strcmp(rc->in.digest, c->digest) != 0) {
+        ingest_drop(rc);
+        if (c->offset != 0) {
+            chunk_failed(rc, c->digest, "chunk of a blob whose start was not received");
+            return;
+        }
+        char id[STORE_UPLOAD_ID_LEN + 1];
+        err e = store_upload_create(s, "", id);
+        if (!e)
+            e = store_upload_acquire(s, "", id, &rc->in.u);
+        if (e) {
+            chunk_failed(rc, c->digest, err_str(e));
+            return;
+        }
+        str_copy(rc->in.digest, sizeof rc->in.digest, c->digest);
+        rc->in.size = c->size;
+    }
+    if (c->size != rc->in.size || c->offset != store_upload_offset(rc->in.u) ||
+        c->offset + c->data.len > c->size) {
+        chunk_failed(rc, c->digest, "chunk out of order or beyond the blob's size");
+        return;
+    }
+    err e = store_upload_write(rc->in.u, c->data.data, c->data.len);
+    if (e) {
+        chunk_failed(rc, c->digest, err_str(e));
+        return;
+    }
+    pthread_mutex_lock(&rc->r->smu);
+    if (rc->r->resyncing)
+        rc->r->resync_bytes += c->data.len;
+    pthread_mutex_unlock(&rc->r->smu);
+    if (!c->last)
+        return;
+    if (store_upload_offset(rc->in.u) != c->size) {
+        chunk_failed(rc, c->digest, "last chunk before the blob's size");
+        return;
+    }
+    store_upload *u = rc->in.u;
+    rc->in.u = NULL;
+    e = store_upload_finish(s, u, c->digest, NULL); /* verifies the digest */
+    if (e) {
+        str_copy(rc->failed, sizeof rc->failed, c->digest);
+        log_warn("REPL-BLOB-REJECTED", "digest=%s error=%s", c->digest, err_name(e));
+    } else {
+        str_copy(rc->done, sizeof rc->done, c->digest);
+    }
+    rc->in.digest[0] = '\0';
+}
+
+static bool
+meta_key_valid(const char *k)
+{
+    size_t n = strlen(k);
+    if (n == 0 || n > 200)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* apply_one validates and applies one event; false with rc->error set on failure. */
+static bool
+apply_one(struct recv *rc, const Georeg__Repl__Event *pe, bool resyncing)
+{
+    store *s = rc->r->store;
+    struct store_event ev = {
+        .seq = pe->seq,
+        .time_ms = pe->time_ms,
+        .type = pe->filtered ? EV_NONE : (enum store_event_type)pe->type,
+        .repo = slice_of_cstr(pe->repo),
+        .digest = slice_of_cstr(pe->digest),
+        .tag = slice_of_cstr(pe->tag),
+        .media_type = slice_of_cstr(pe->media_type),
+        .body = {(const char *)pe->body.data, pe->body.len},
+        .size = pe->size,
+    };
+    struct store_apply_extra x = {0};
+    struct manifest_info mi;
+    bool have_mi = false;
+    struct store_ref *refs = NULL;
+    buf desc = BUF_INIT;
+    err e = ERR_OK;
+
+    if (ev.seq == 0 && !resyncing) {
+        snprintf(rc->error, sizeof rc->error, "snapshot record outside a resync");
+        return false;
+    }
+    if (ev.type != EV_NONE) {
+        bool meta = ev.type == EV_META_PUT || ev.type == EV_META_DELETE;
+        bool ok = ev.type <= EV_META_DELETE;
+        if (ok && !meta)
+            ok = ref_name_valid(ev.repo);
+        if (ok && (ev.type == EV_BLOB_LINK || ev.type == EV_BLOB_UNLINK ||
+                   ev.type == EV_MANIFEST_PUT || ev.type == EV_MANIFEST_DELETE))
+            ok = ref_digest_valid(ev.digest);
+        if (ok && ev.tag.len)
+            ok = meta ? meta_key_valid(pe->tag) : ref_tag_valid(ev.tag);
+        if (ok && ev.type == EV_TAG_DELETE)
+            ok = ev.tag.len > 0;
+        if (!ok) {
+            atomic_fetch_add(&rc->r->forged_rejects, 1);
+            snprintf(rc->error, sizeof rc->error, "invalid event %llu (type %d)",
+                     (unsigned long long)ev.seq, (int)ev.type);
+            return false;
+        }
+    }
+    if (ev.type == EV_MANIFEST_PUT) {
+        char got[DIGEST_MAX];
+        digest_of(digest_alg_of(pe->digest), ev.body.ptr, ev.body.len, got);
+        if (strcmp(got, pe->digest) != 0) {
+            atomic_fetch_add(&rc->r->forged_rejects, 1);
+            snprintf(rc->error, sizeof rc->error, "manifest %s does not match its digest",
+                     pe->digest);
+            return false;
+        }
+        const char *why = NULL;
+        if (manifest_parse(ev.body, ev.media_type, &mi, &why)) {
+            snprintf(rc->error, sizeof rc->error, "manifest %s invalid: %s", pe->digest, why);
+            return false;
+        }
+        have_mi = true;
+        refs = calloc(mi.nrefs ? mi.nrefs : 1, sizeof *refs);
+        if (!refs) {
+            e = ERR_NOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < mi.nrefs; i++) {
+            str_copy(refs[i].digest, sizeof refs[i].digest, mi.refs[i].digest);
+            refs[i].size = mi.refs[i].size;
+            refs[i].is_manifest = mi.refs[i].is_manifest;
+        }
+        x.refs = refs;
+        x.nrefs = mi.nrefs;
+        if (mi.has_subject) {
+            manifest_descriptor(&mi, pe->digest, ev.body.len, &desc);
+            x.subject = mi.subject;
+            x.descriptor = buf_slice(&desc);
+        }
+        /* the media type we store is the one the body says, not the wire's */
+        ev.media_type = slice_of_cstr(mi.media_type);
+    }
+    e = store_apply(s, &ev, &x);
+    if (e == ERR_BLOB_UNKNOWN)
+        str_copy(rc->failed, sizeof rc->failed, pe->digest);
+out:
+    if (e) {
+        rc->r->apply_errors++;
+        snprintf(rc->error, sizeof rc->error, "applying event %llu (%s %s): %s",
+                 (unsigned long long)ev.seq, pe->repo, pe->digest, err_name(e));
+    }
+    free(refs);
+    buf_release(&desc);
+    if (have_mi)
+        manifest_info_release(&mi);
+    if (!e && resyncing && ev.type == EV_MANIFEST_PUT) {
+        pthread_mutex_lock(&rc->r->smu);
+        rc->r->resync_bytes += ev.body.len;
+        pthread_mutex_unlock(&rc->r->smu);
+    }
+    return e == ERR_OK;
+}
+
+static void
+reply(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
+{
+    repl *r = rc->r;
+    ack->acked_msg_id = msg_id;
+    ack->applied_seq = store_applied_seq(r->store);
+    ack->error = rc->error;
+    ack->blob_failed = rc->failed;
+    ack->blob_done = rc->done;
+    pthread_mutex_lock(&r->smu);
+    ack->resyncing = r->resyncing;
+    if (ack->applied_seq >= r->primary_head)
+        r->caught_up_ms = repl_now_ms();
+    if (rc->error[0])
+        str_copy(r->apply_error, sizeof r->apply_error, rc->error);
+    pthread_mutex_unlock(&r->smu);
+    envelope env = GEOREG__REPL__ENVELOPE__INIT;
+    env.body_case = GEOREG__REPL__ENVELOPE__BODY_ACK;
+    env.ack = ack;
+    wire_send(r, r->rsock, &env, 0);
+}
+
+static void
+handle(struct recv *rc, envelope *env)
+{
+    repl *r = rc->r;
+    Georeg__Repl__Ack ack = GEOREG__REPL__ACK__INIT;
+    rc->error[0] = rc->failed[0] = rc->done[0] = '\0';
+
+    if (wire_epoch_check(r, env) == ERR_EPOCH_STALE) {
+        snprintf(rc->error, sizeof rc->error, "stale epoch %llu: this node is at epoch %llu",
+                 (unsigned long long)env->epoch, (unsigned long long)atomic_load(&r->epoch));
+        reply(rc, &ack, env->msg_id);
+        return;
+    }
+    pthread_mutex_lock(&r->smu);
+    r->last_contact_ms = repl_now_ms();
+    str_copy(r->primary_name, sizeof r->primary_name, env->sender);
+    bool resyncing = r->resyncing;
+    pthread_mutex_unlock(&r->smu);
+
+    switch (env->body_case) {
+    case GEOREG__REPL__ENVELOPE__BODY_HEARTBEAT: {
+        Georeg__Repl__Heartbeat *hb = env->heartbeat;
+        pthread_mutex_lock(&r->smu);
+        r->primary_head = hb->head_seq;
+        r->primary_time_ms = hb->time_ms;
+        if (!rc->url_configured && hb->primary_url && hb->primary_url[0])
+            str_copy(r->learned_primary_url, sizeof r->learned_primary_url, hb->primary_url);
+        pthread_mutex_unlock(&r->smu);
+        break;
+    }
+    case GEOREG__REPL__ENVELOPE__BODY_HAVE_QUERY: {
+        Georeg__Repl__HaveQuery *q = env->have_query;
+        Georeg__Repl__HaveReply hr = GEOREG__REPL__HAVE_REPLY__INIT;
+        char *present[64];
+        hr.query_id = q->query_id;
+        for (size_t i = 0; i < q->n_digests && hr.n_present < 64; i++)
+            if (ref_digest_valid(slice_of_cstr(q->digests[i])) &&
+                store_blob_exists(r->store, q->digests[i], NULL))
+                present[hr.n_present++] = q->digests[i];
+        hr.present = present;
+        envelope out = GEOREG__REPL__ENVELOPE__INIT;
+        out.body_case = GEOREG__REPL__ENVELOPE__BODY_HAVE_REPLY;
+        out.have_reply = &hr;
+        wire_send(r, r->rsock, &out, 0);
+        break;
+    }
+    case GEOREG__REPL__ENVELOPE__BODY_CHUNK:
+        on_chunk(rc, env->chunk);
+        break;
+    case GEOREG__REPL__ENVELOPE__BODY_BATCH: {
+        Georeg__Repl__EventBatch *b = env->batch;
+        for (size_t i = 0; i < b->n_events; i++)
+            if (!apply_one(rc, b->events[i], resyncing))
+                break;
+        pthread_mutex_lock(&r->smu);
+        if (b->n_events && b->events[b->n_events - 1]->seq > r->primary_head)
+            r->primary_head = b->events[b->n_events - 1]->seq;
+        pthread_mutex_unlock(&r->smu);
+        break;
+    }
+    case GEOREG__REPL__ENVELOPE__BODY_RESYNC_BEGIN:
+        ingest_drop(rc);
+        if (store_resync_begin(r->store)) {
+            snprintf(rc->error, sizeof rc->error, "cannot start resync");
+            break;
+        }
+        pthread_mutex_lock(&r->smu);
+        r->resyncing = true;
+        r->resync_bytes = 0;
+        pthread_mutex_unlock(&r->smu);
+        log_info("REPL-RESYNC-BEGIN", "primary=%s total_bytes=%llu", env->sender,
+                 (unsigned long long)env->resync_begin->total_bytes);
+        break;
+    case GEOREG__REPL__ENVELOPE__BODY_RESYNC_END:
+        if (!resyncing) {
+            snprintf(rc->error, sizeof rc->error, "resync end without a resync");
+            break;
+        }
+        if (store_resync_end(r->store, env->resync_end->snapshot_seq)) {
+            snprintf(rc->error, sizeof rc->error, "cannot finish resync");
+            break;
+        }
+        pthread_mutex_lock(&r->smu);
+        r->resyncing = false;
+        if (env->resync_end->snapshot_seq > r->primary_head)
+            r->primary_head = env->resync_end->snapshot_seq;
+        pthread_mutex_unlock(&r->smu);
+        log_info("REPL-RESYNC-END", "snapshot_seq=%llu",
+                 (unsigned long long)env->resync_end->snapshot_seq);
+        break;
+    default:
+        atomic_fetch_add(&r->forged_rejects, 1);
+        snprintf(rc->error, sizeof rc->error, "unexpected message");
+        break;
+    }
+    reply(rc, &ack, env->msg_id);
+}
+
+void *
+receiver_main(void *arg)
+{
+    repl *r = arg;
+    struct recv rc = {.r = r};
+    rc.url_configured = r->learned_primary_url[0] != '\0';
+    uint32_t last_pipe = 0;
+    while (!atomic_load(&r->stopping)) {
+        envelope *env = NULL;
+        uint32_t pipe = 0;
+        err e = wire_recv(r, r->rsock, 200, &env, &pipe);
+        if (e == ERR_TIMEOUT) {
+            uint64_t applied = store_applied_seq(r->store);
+            pthread_mutex_lock(&r->smu);
+            if (applied >= r->primary_head)
+                r->caught_up_ms = repl_now_ms();
+            pthread_mutex_unlock(&r->smu);
+            continue;
+        }
+        if (e)
+            continue;
+        if (pipe != last_pipe) {
+            /* a new connection: a blob half-received on the old one restarts */
+            ingest_drop(&rc);
+            last_pipe = pipe;
+            log_info("REPL-PRIMARY-CONNECTED", "sender=%s epoch=%llu", env->sender,
+                     (unsigned long long)env->epoch);
+        }
+        handle(&rc, env);
+        georeg__repl__envelope__free_unpacked(env, NULL);
+    }
+    ingest_drop(&rc);
+    return NULL;
+}

@@ -1,0 +1,748 @@
+/* Replication lifecycle, filters, status, lag and locate. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "repl_int.h"
+#include "../common/log.h"
+#include "../common/ref.h"
+#include "../common/banned.h"
+
+static const char *const state_names[] = {
+    [RS_UNREACHABLE] = "unreachable", [RS_CONNECTING] = "connecting",
+    [RS_IN_SYNC] = "in-sync",         [RS_STREAMING] = "streaming",
+    [RS_CATCHING_UP] = "catching-up", [RS_RESYNCING] = "resyncing",
+};
+
+/* ---- filters ---- */
+
+static bool
+globs_match(const struct globs *g, slice s)
+{
+    char name[300];
+    if (!str_copy_slice(name, sizeof name, s))
+        return false;
+    for (size_t i = 0; i < g->n; i++)
+        if (ref_glob_match(g->items[i], name))
+            return true;
+    return false;
+}
+
+bool
+filter_repo(const struct filter *f, slice repo)
+{
+    if (f->include.n && !globs_match(&f->include, repo))
+        return false;
+    return !globs_match(&f->exclude, repo);
+}
+
+bool
+filter_tag(const struct filter *f, slice tag)
+{
+    if (f->include_tags.n && !globs_match(&f->include_tags, tag))
+        return false;
+    return !globs_match(&f->exclude_tags, tag);
+}
+
+static err
+globs_copy(struct globs *g, const char *const *items, size_t n, buf *h, const char *label)
+{
+    buf_adds(h, label);
+    for (size_t i = 0; i < n && i < REPL_MAX_GLOBS; i++) {
+        if (!(g->items[g->n] = strdup(items[i])))
+            return ERR_NOMEM;
+        g->n++;
+        buf_adds(h, items[i]);
+        buf_addc(h, '\n');
+    }
+    return ERR_OK;
+}
+
+static void
+globs_free(struct globs *g)
+{
+    for (size_t i = 0; i < g->n; i++)
+        free(g->items[i]);
+    g->n = 0;
+}
+
+static err
+filter_init(struct filter *f, const struct repl_filter *o)
+{
+    buf h = BUF_INIT;
+    err e = globs_copy(&f->include, o->include, o->ninclude, &h, "I:");
+    if (!e)
+        e = globs_copy(&f->exclude, o->exclude, o->nexclude, &h, "E:");
+    if (!e)
+        e = globs_copy(&f->include_tags, o->include_tags, o->ninclude_tags, &h, "i:");
+    if (!e)
+        e = globs_copy(&f->exclude_tags, o->exclude_tags, o->nexclude_tags, &h, "e:");
+    /* FNV-1a 64 of the canonical text */
+    uint64_t x = 1469598103934665603ull;
+    for (size_t i = 0; i < h.len; i++)
+        x = (x ^ (unsigned char)h.ptr[i]) * 1099511628211ull;
+    snprintf(f->hash, sizeof f->hash, "%016llx", (unsigned long long)x);
+    buf_release(&h);
+    return e;
+}
+
+static void
+filter_json(buf *b, const struct filter *f)
+{
+    const struct globs *gs[] = {&f->include, &f->exclude, &f->include_tags, &f->exclude_tags};
+    const char *names[] = {"include", "exclude", "include_tags", "exclude_tags"};
+    buf_addc(b, '{');
+    for (int i = 0; i < 4; i++) {
+        buf_addf(b, "%s\"%s\":[", i ? "," : "", names[i]);
+        for (size_t j = 0; j < gs[i]->n; j++) {
+            if (j)
+                buf_addc(b, ',');
+            buf_add_json_str(b, gs[i]->items[j], strlen(gs[i]->items[j]));
+        }
+        buf_addc(b, ']');
+    }
+    buf_addc(b, '}');
+}
+
+/* ---- lifecycle ---- */
+
+static void
+on_commit(void *arg, uint64_t seq)
+{
+    repl *r = arg;
+    pthread_mutex_lock(&r->wake_mu);
+    r->wake_seq = seq;
+    pthread_cond_broadcast(&r->wake_cv);
+    pthread_mutex_unlock(&r->wake_mu);
+}
+
+static bool
+address_ok(repl *r, const char *a, const char *what)
+{
+    if (strncmp(a, "tls+tcp://", 10) == 0)
+        return true;
+    if (strncmp(a, "tcp://", 6) == 0) {
+        if (!r->insecure) {
+            log_error("REPL-CONFIG",
+                      "%s=%s error=\"plain tcp:// needs replication.insecure: true\"", what, a);
+            return false;
+        }
+        return true;
+    }
+    log_error("REPL-CONFIG", "%s=%s error=\"expected tls+tcp:// or tcp://\"", what, a);
+    return false;
+}
+
+err
+repl_new(store *s, const struct repl_options *o, repl **out)
+{
+    repl *r = calloc(1, sizeof *r);
+    err e = ERR_CONFIG;
+    if (!r)
+        return ERR_NOMEM;
+    r->store = s;
+    r->primary = o->primary;
+    str_copy(r->node_name, sizeof r->node_name, o->node_name ? o->node_name : "georeg");
+    str_copy(r->listen, sizeof r->listen, o->listen ? o->listen : "");
+    str_copy(r->public_url, sizeof r->public_url, o->public_url ? o->public_url : "");
+    str_copy(r->learned_primary_url, sizeof r->learned_primary_url,
+             o->primary_url ? o->primary_url : "");
+    str_copy(r->tls_cert, sizeof r->tls_cert, o->tls_cert ? o->tls_cert : "");
+    str_copy(r->tls_key, sizeof r->tls_key, o->tls_key ? o->tls_key : "");
+    str_copy(r->tls_ca, sizeof r->tls_ca, o->tls_ca ? o->tls_ca : "");
+    r->insecure = o->insecure;
+    r->window = o->window ? o->window : 64;
+    r->chunk_bytes = o->chunk_bytes ? o->chunk_bytes : (1u << 20);
+    if (r->chunk_bytes > REPL_MAX_MSG / 2)
+        r->chunk_bytes = REPL_MAX_MSG / 2;
+    r->log_retention = o->log_retention ? o->log_retention : 1000000;
+    r->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 1000;
+    pthread_mutex_init(&r->wake_mu, NULL);
+    pthread_cond_init(&r->wake_cv, NULL);
+    pthread_mutex_init(&r->smu, NULL);
+
+    buf v = BUF_INIT;
+    uint64_t epoch = 1;
+    if (store_meta_get(s, "repl/epoch", &v) == ERR_OK)
+        slice_parse_u64(buf_slice(&v), &epoch);
+    buf_release(&v);
+    if (o->min_epoch > epoch)
+        epoch = o->min_epoch;
+    atomic_store(&r->epoch, epoch);
+
+    if (r->primary) {
+        r->replicas = calloc(o->nreplicas ? o->nreplicas : 1, sizeof *r->replicas);
+        if (!r->replicas) {
+            e = ERR_NOMEM;
+            goto fail;
+        }
+        for (size_t i = 0; i < o->nreplicas; i++) {
+            struct replica *rp = &r->replicas[i];
+            const struct repl_replica_options *ro = &o->replicas[i];
+            rp->r = r;
+            pthread_mutex_init(&rp->mu, NULL);
+            r->nreplicas++;
+            str_copy(rp->name, sizeof rp->name, ro->name);
+            str_copy(rp->address, sizeof rp->address, ro->address);
+            if (!address_ok(r, rp->address, "replication.replicas.address"))
+                goto fail;
+            if ((e = filter_init(&rp->filter, &ro->filter)))
+                goto fail;
+            e = ERR_CONFIG;
+            rp->known = calloc(REPL_KNOWN_BLOBS, sizeof *rp->known);
+            if (!rp->known) {
+                e = ERR_NOMEM;
+                goto fail;
+            }
+        }
+        if (r->insecure)
+            log_warn("REPL-INSECURE", "msg=\"replication may use plain tcp:// without TLS\"");
+    } else {
+        if (!r->listen[0]) {
+            log_error("REPL-CONFIG", "error=\"a secondary needs replication.listen\"");
+            goto fail;
+        }
+        if (!address_ok(r, r->listen, "replication.listen"))
+            goto fail;
+        if (strncmp(r->listen, "tcp://", 6) == 0)
+            log_warn("REPL-INSECURE", "listen=%s msg=\"replication accepted over plain tcp\"",
+                     r->listen);
+    }
+    *out = r;
+    return ERR_OK;
+fail:
+    repl_free(r);
+    return e;
+}
+
+static void
+on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    _Atomic uint32_t *id = arg;
+    if (ev == NNG_PIPE_EV_ADD_POST)
+        atomic_store(id, (uint32_t)nng_pipe_id(p));
+    else if (ev == NNG_PIPE_EV_REM_POST)
+        atomic_store(id, 0);
+}
+
+static void
+on_replica_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    struct replica *rp = arg;
+    on_pipe(p, ev, &rp->pipe_id);
+    atomic_fetch_add(&rp->pipe_gen, 1);
+    log_info(ev == NNG_PIPE_EV_ADD_POST ? "REPL-PEER-CONNECTED" : "REPL-PEER-DISCONNECTED",
+             "replica=%s address=%s", rp->name, rp->address);
+    repl *r = rp->r;
+    pthread_mutex_lock(&r->wake_mu);
+    pthread_cond_broadcast(&r->wake_cv);
+    pthread_mutex_unlock(&r->wake_mu);
+}
+
+static err
+open_replica_socket(repl *r, struct replica *rp)
+{
+    int rv;
+    nng_tls_config *tls = NULL;
+    if ((rv = nng_pair1_open(&rp->sock)))
+        goto nngfail;
+    rp->sock_open = true;
+    nng_socket_set_size(rp->sock, NNG_OPT_RECVMAXSZ, REPL_MAX_MSG + 4096);
+    nng_socket_set_ms(rp->sock, NNG_OPT_SENDTIMEO, 2000);
+    nng_socket_set_int(rp->sock, NNG_OPT_SENDBUF, (int)(r->window < 8192 ? r->window : 8192));
+    nng_socket_set_int(rp->sock, NNG_OPT_RECVBUF, (int)(r->window < 8192 ? r->window : 8192));
+    nng_pipe_notify(rp->sock, NNG_PIPE_EV_ADD_POST, on_replica_pipe, rp);
+    nng_pipe_notify(rp->sock, NNG_PIPE_EV_REM_POST, on_replica_pipe, rp);
+    if ((rv = nng_dialer_create(&rp->dialer, rp->sock, rp->address)))
+        goto nngfail;
+    nng_dialer_set_ms(rp->dialer, NNG_OPT_RECONNMINT, 100);
+    nng_dialer_set_ms(rp->dialer, NNG_OPT_RECONNMAXT, 2000);
+    if (strncmp(rp->address, "tls+tcp://", 10) == 0) {
+        err e = wire_tls_config(r, false, &tls);
+        if (e)
+            return e;
+        rv = nng_dialer_set_ptr(rp->dialer, NNG_OPT_TLS_CONFIG, tls);
+        nng_tls_config_free(tls);
+        if (rv)
+            goto nngfail;
+    }
+    if ((rv = nng_dialer_start(rp->dialer, NNG_FLAG_NONBLOCK)))
+        goto nngfail;
+    return ERR_OK;
+nngfail:
+    log_error("REPL-SOCKET", "replica=%s address=%s error=\"%s\"", rp->name, rp->address,
+              nng_strerror(rv));
+    return ERR_CONFIG;
+}
+
+static err
+open_receiver_socket(repl *r)
+{
+    int rv;
+    nng_tls_config *tls = NULL;
+    if ((rv = nng_pair1_open(&r->rsock)))
+        goto nngfail;
+    r->rsock_open = true;
+    nng_socket_set_size(r->rsock, NNG_OPT_RECVMAXSZ, REPL_MAX_MSG + 4096);
+    nng_socket_set_ms(r->rsock, NNG_OPT_SENDTIMEO, 2000);
+    nng_socket_set_int(r->rsock, NNG_OPT_RECVBUF, 256);
+    nng_pipe_notify(r->rsock, NNG_PIPE_EV_ADD_POST, on_pipe, &r->rpipe_id);
+    nng_pipe_notify(r->rsock, NNG_PIPE_EV_REM_POST, on_pipe, &r->rpipe_id);
+    if ((rv = nng_listener_create(&r->listener, r->rsock, r->listen)))
+        goto nngfail;
+    if (strncmp(r->listen, "tls+tcp://", 10) == 0) {
+        err e = wire_tls_config(r, true, &tls);
+        if (e)
+            return e;
+        rv = nng_listener_set_ptr(r->listener, NNG_OPT_TLS_CONFIG, tls);
+        nng_tls_config_free(tls);
+        if (rv)
+            goto nngfail;
+    }
+    if ((rv = nng_listener_start(r->listener, 0)))
+        goto nngfail;
+    log_info("REPL-LISTEN", "address=%s", r->listen);
+    return ERR_OK;
+nngfail:
+    log_error("REPL-LISTEN", "address=%s error=\"%s\"", r->listen, nng_strerror(rv));
+    return ERR_CONFIG;
+}
+
+err
+repl_start(repl *r)
+{
+    err e;
+    if (r->primary) {
+        store_set_commit_hook(r->store, on_commit, r);
+        for (size_t i = 0; i < r->nreplicas; i++) {
+            struct replica *rp = &r->replicas[i];
+            if ((e = open_replica_socket(r, rp)))
+                return e;
+            if (pthread_create(&rp->thread, NULL, shipper_main, rp) != 0)
+                return ERR_NOMEM;
+            rp->thread_started = true;
+        }
+        log_info("REPL-PRIMARY", "replicas=%zu epoch=%llu", r->nreplicas,
+                 (unsigned long long)atomic_load(&r->epoch));
+        return ERR_OK;
+    }
+    if ((e = open_receiver_socket(r)))
+        return e;
+    if (pthread_create(&r->rthread, NULL, receiver_main, r) != 0)
+        return ERR_NOMEM;
+    r->rthread_started = true;
+    return ERR_OK;
+}
+
+void
+repl_stop(repl *r)
+{
+    if (!r)
+        return;
+    atomic_store(&r->stopping, true);
+    pthread_mutex_lock(&r->wake_mu);
+    pthread_cond_broadcast(&r->wake_cv);
+    pthread_mutex_unlock(&r->wake_mu);
+    for (size_t i = 0; i < r->nreplicas; i++) {
+        struct replica *rp = &r->replicas[i];
+        if (rp->thread_started) {
+            pthread_join(rp->thread, NULL);
+            rp->thread_started = false;
+        }
+        if (rp->sock_open) {
+            nng_close(rp->sock);
+            rp->sock_open = false;
+        }
+    }
+    if (r->rthread_started) {
+        pthread_join(r->rthread, NULL);
+        r->rthread_started = false;
+    }
+    if (r->rsock_open) {
+        nng_close(r->rsock);
+        r->rsock_open = false;
+    }
+    if (r->primary)
+        store_set_commit_hook(r->store, NULL, NULL);
+}
+
+void
+repl_free(repl *r)
+{
+    if (!r)
+        return;
+    repl_stop(r);
+    for (size_t i = 0; i < r->nreplicas; i++) {
+        struct replica *rp = &r->replicas[i];
+        globs_free(&rp->filter.include);
+        globs_free(&rp->filter.exclude);
+        globs_free(&rp->filter.include_tags);
+        globs_free(&rp->filter.exclude_tags);
+        free(rp->known);
+        pthread_mutex_destroy(&rp->mu);
+    }
+    free(r->replicas);
+    pthread_mutex_destroy(&r->wake_mu);
+    pthread_cond_destroy(&r->wake_cv);
+    pthread_mutex_destroy(&r->smu);
+    free(r);
+}
+
+bool
+repl_is_primary(repl *r)
+{
+    return r->primary;
+}
+
+bool
+repl_writable(repl *r, char *url, size_t n)
+{
+    if (r->primary && !atomic_load(&r->demoted))
+        return true;
+    if (url) {
+        pthread_mutex_lock(&r->smu);
+        if (r->primary)
+            snprintf(url, n, "(fenced: a node with epoch %llu is primary)",
+                     (unsigned long long)atomic_load(&r->epoch));
+        else
+            str_copy(url, n, r->learned_primary_url);
+        pthread_mutex_unlock(&r->smu);
+    }
+    return false;
+}
+
+bool
+repl_ready(repl *r)
+{
+    pthread_mutex_lock(&r->smu);
+    bool ok = !r->resyncing;
+    pthread_mutex_unlock(&r->smu);
+    return ok;
+}
+
+/* ---- lag ---- */
+
+struct lag_scan {
+    const struct filter *f;
+    uint64_t bytes;
+    uint64_t events;
+};
+
+static bool
+on_lag_event(void *arg, const struct store_event *ev)
+{
+    struct lag_scan *ls = arg;
+    ls->events++;
+    if (ev->repo.len && !filter_repo(ls->f, ev->repo))
+        return true;
+    if (ev->type == EV_BLOB_LINK || ev->type == EV_MANIFEST_PUT || ev->type == EV_META_PUT)
+        ls->bytes += ev->type == EV_BLOB_LINK ? ev->size : ev->body.len;
+    return ls->events < 200000;
+}
+
+struct replica_view {
+    enum replica_state state;
+    uint64_t acked, sent, last_contact, bytes_sent, events_sent, resync_total, resync_sent,
+        resyncs, stale, retries;
+    double tp;
+    char last_error[256];
+};
+
+static void
+replica_view(struct replica *rp, struct replica_view *v)
+{
+    pthread_mutex_lock(&rp->mu);
+    v->state = rp->state;
+    v->acked = rp->acked_seq;
+    v->sent = rp->sent_seq;
+    v->last_contact = rp->last_contact_ms;
+    v->bytes_sent = rp->bytes_sent;
+    v->events_sent = rp->events_sent;
+    v->resync_total = rp->resync_total_bytes;
+    v->resync_sent = rp->resync_sent_bytes;
+    v->resyncs = rp->resyncs;
+    v->stale = rp->stale_epoch_rejects;
+    v->retries = rp->retries;
+    v->tp = rp->throughput_bps;
+    str_copy(v->last_error, sizeof v->last_error, rp->last_error);
+    pthread_mutex_unlock(&rp->mu);
+}
+
+static void
+json_time(buf *b, const char *key, uint64_t ms)
+{
+    if (!ms) {
+        buf_addf(b, ",\"%s\":null", key);
+        return;
+    }
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char s[40];
+    strftime(s, sizeof s, "%Y-%m-%dT%H:%M:%S", &tm);
+    buf_addf(b, ",\"%s\":\"%s.%03lluZ\"", key, s, (unsigned long long)(ms % 1000));
+}
+
+err
+repl_status_json(repl *r, buf *b)
+{
+    uint64_t now = repl_now_ms();
+    uint64_t head = store_log_head(r->store);
+    buf_adds(b, "{\"node\":");
+    buf_add_json_str(b, r->node_name, strlen(r->node_name));
+    buf_addf(b, ",\"role\":\"%s\",\"epoch\":%llu,\"writable\":%s",
+             r->primary ? "primary" : "secondary", (unsigned long long)atomic_load(&r->epoch),
+             repl_writable(r, NULL, 0) ? "true" : "false");
+    buf_addf(b, ",\"stale_epoch_rejects\":%llu,\"bad_messages\":%llu",
+             (unsigned long long)atomic_load(&r->stale_epoch_rejects),
+             (unsigned long long)atomic_load(&r->forged_rejects));
+    json_time(b, "now", now);
+    if (r->primary) {
+        buf_addf(b, ",\"head_seq\":%llu,\"log_first_seq\":%llu,\"replicas\":[",
+                 (unsigned long long)head, (unsigned long long)store_log_first(r->store));
+        for (size_t i = 0; i < r->nreplicas; i++) {
+            struct replica *rp = &r->replicas[i];
+            struct replica_view v;
+            replica_view(rp, &v);
+            struct lag_scan ls = {.f = &rp->filter};
+            if (v.acked < head)
+                store_log_read(r->store, v.acked + 1, 200000, on_lag_event, &ls);
+            uint64_t oldest = v.acked < head ? store_log_event_time(r->store, v.acked + 1) : 0;
+            double lag_s = oldest && now > oldest ? (double)(now - oldest) / 1000.0 : 0.0;
+            buf_addf(b, "%s{\"name\":", i ? "," : "");
+            buf_add_json_str(b, rp->name, strlen(rp->name));
+            buf_adds(b, ",\"address\":");
+            buf_add_json_str(b, rp->address, strlen(rp->address));
+            buf_addf(b,
+                     ",\"state\":\"%s\",\"acked_seq\":%llu,\"sent_seq\":%llu,"
+                     "\"lag_events\":%llu,\"lag_bytes\":%llu,\"lag_seconds\":%.3f",
+                     state_names[v.state], (unsigned long long)v.acked,
+                     (unsigned long long)v.sent, (unsigned long long)(head - (v.acked < head ? v.acked : head)),
+                     (unsigned long long)ls.bytes, lag_s);
+            json_time(b, "last_contact", v.last_contact);
+            buf_addf(b, ",\"last_contact_seconds_ago\":");
+            if (v.last_contact)
+                buf_addf(b, "%.3f", now > v.last_contact ? (double)(now - v.last_contact) / 1000.0 : 0.0);
+            else
+                buf_adds(b, "null");
+            buf_addf(b,
+                     ",\"throughput_bytes_per_second\":%.0f,\"bytes_sent\":%llu,"
+                     "\"events_sent\":%llu,\"retries\":%llu,\"stale_epoch_rejects\":%llu",
+                     v.tp, (unsigned long long)v.bytes_sent, (unsigned long long)v.events_sent,
+                     (unsigned long long)v.retries, (unsigned long long)v.stale);
+            buf_addf(b, ",\"resync\":{\"count\":%llu,\"total_bytes\":%llu,\"sent_bytes\":%llu}",
+                     (unsigned long long)v.resyncs, (unsigned long long)v.resync_total,
+                     (unsigned long long)v.resync_sent);
+            buf_adds(b, ",\"filter\":");
+            filter_json(b, &rp->filter);
+            buf_adds(b, ",\"last_error\":");
+            buf_add_json_str(b, v.last_error, strlen(v.last_error));
+            buf_addc(b, '}');
+        }
+        buf_adds(b, "]}");
+        return ERR_OK;
+    }
+    uint64_t applied = store_applied_seq(r->store);
+    pthread_mutex_lock(&r->smu);
+    uint64_t phead = r->primary_head, contact = r->last_contact_ms, caught = r->caught_up_ms;
+    bool resyncing = r->resyncing;
+    uint64_t rbytes = r->resync_bytes, aerr = r->apply_errors;
+    char url[256], pname[64], aerrs[256];
+    str_copy(url, sizeof url, r->learned_primary_url);
+    str_copy(pname, sizeof pname, r->primary_name);
+    str_copy(aerrs, sizeof aerrs, r->apply_error);
+    pthread_mutex_unlock(&r->smu);
+    bool connected = atomic_load(&r->rpipe_id) != 0;
+    double stale = applied >= phead ? 0.0 : caught ? (double)(now - caught) / 1000.0 : -1.0;
+    const char *state = resyncing ? "resyncing"
+                        : !connected || !contact || now - contact > 3 * r->heartbeat_ms + 2000
+                            ? "disconnected"
+                        : applied >= phead ? "in-sync"
+                                           : "catching-up";
+    buf_addf(b, ",\"state\":\"%s\",\"applied_seq\":%llu,\"primary_head_seq\":%llu", state,
+             (unsigned long long)applied, (unsigned long long)phead);
+    buf_addf(b, ",\"lag_events\":%llu", (unsigned long long)(phead > applied ? phead - applied : 0));
+    if (stale < 0)
+        buf_adds(b, ",\"staleness_seconds\":null");
+    else
+        buf_addf(b, ",\"staleness_seconds\":%.3f", stale);
+    json_time(b, "last_contact", contact);
+    buf_adds(b, ",\"primary\":");
+    buf_add_json_str(b, pname, strlen(pname));
+    buf_adds(b, ",\"primary_url\":");
+    buf_add_json_str(b, url, strlen(url));
+    buf_addf(b, ",\"listen\":");
+    buf_add_json_str(b, r->listen, strlen(r->listen));
+    buf_addf(b, ",\"resync_bytes\":%llu,\"apply_errors\":%llu,\"last_error\":",
+             (unsigned long long)rbytes, (unsigned long long)aerr);
+    buf_add_json_str(b, aerrs, strlen(aerrs));
+    buf_addc(b, '}');
+    return ERR_OK;
+}
+
+void
+repl_metrics(repl *r, buf *b)
+{
+    uint64_t head = store_log_head(r->store);
+    uint64_t now = repl_now_ms();
+    buf_addf(b, "# HELP georeg_repl_epoch current epoch\n# TYPE georeg_repl_epoch gauge\n"
+                "georeg_repl_epoch %llu\n",
+             (unsigned long long)atomic_load(&r->epoch));
+    buf_addf(b, "# HELP georeg_repl_stale_epoch_rejects_total messages refused for a stale epoch\n"
+                "# TYPE georeg_repl_stale_epoch_rejects_total counter\n"
+                "georeg_repl_stale_epoch_rejects_total %llu\n",
+             (unsigned long long)atomic_load(&r->stale_epoch_rejects));
+    if (!r->primary) {
+        uint64_t applied = store_applied_seq(r->store);
+        pthread_mutex_lock(&r->smu);
+        uint64_t phead = r->primary_head, caught = r->caught_up_ms;
+        pthread_mutex_unlock(&r->smu);
+        double stale = applied >= phead || !caught ? 0.0 : (double)(now - caught) / 1000.0;
+        buf_addf(b, "# HELP georeg_repl_applied_seq highest primary sequence applied\n"
+                    "# TYPE georeg_repl_applied_seq gauge\ngeoreg_repl_applied_seq %llu\n",
+                 (unsigned long long)applied);
+        buf_addf(b, "# HELP georeg_repl_primary_head_seq the primary's head as last heard\n"
+                    "# TYPE georeg_repl_primary_head_seq gauge\n"
+                    "georeg_repl_primary_head_seq %llu\n",
+                 (unsigned long long)phead);
+        buf_addf(b, "# HELP georeg_repl_staleness_seconds time since this replica was caught up\n"
+                    "# TYPE georeg_repl_staleness_seconds gauge\n"
+                    "georeg_repl_staleness_seconds %.3f\n",
+                 stale);
+        return;
+    }
+    buf_adds(b, "# HELP georeg_repl_lag_events events committed but not acknowledged\n"
+                "# TYPE georeg_repl_lag_events gauge\n");
+    struct replica_view vs[64];
+    size_t n = r->nreplicas < 64 ? r->nreplicas : 64;
+    for (size_t i = 0; i < n; i++) {
+        replica_view(&r->replicas[i], &vs[i]);
+        buf_addf(b, "georeg_repl_lag_events{replica=\"%s\"} %llu\n", r->replicas[i].name,
+                 (unsigned long long)(head > vs[i].acked ? head - vs[i].acked : 0));
+    }
+    buf_adds(b, "# HELP georeg_repl_lag_seconds age of the oldest unacknowledged change\n"
+                "# TYPE georeg_repl_lag_seconds gauge\n");
+    for (size_t i = 0; i < n; i++) {
+        uint64_t oldest = vs[i].acked < head ? store_log_event_time(r->store, vs[i].acked + 1) : 0;
+        buf_addf(b, "georeg_repl_lag_seconds{replica=\"%s\"} %.3f\n", r->replicas[i].name,
+                 oldest && now > oldest ? (double)(now - oldest) / 1000.0 : 0.0);
+    }
+    buf_adds(b, "# HELP georeg_repl_lag_bytes bytes still to send\n"
+                "# TYPE georeg_repl_lag_bytes gauge\n");
+    for (size_t i = 0; i < n; i++) {
+        struct lag_scan ls = {.f = &r->replicas[i].filter};
+        if (vs[i].acked < head)
+            store_log_read(r->store, vs[i].acked + 1, 200000, on_lag_event, &ls);
+        buf_addf(b, "georeg_repl_lag_bytes{replica=\"%s\"} %llu\n", r->replicas[i].name,
+                 (unsigned long long)ls.bytes);
+    }
+    buf_adds(b, "# HELP georeg_repl_acked_seq highest sequence acknowledged\n"
+                "# TYPE georeg_repl_acked_seq gauge\n");
+    for (size_t i = 0; i < n; i++)
+        buf_addf(b, "georeg_repl_acked_seq{replica=\"%s\"} %llu\n", r->replicas[i].name,
+                 (unsigned long long)vs[i].acked);
+    buf_adds(b, "# HELP georeg_repl_up 1 when the replica is reachable\n"
+                "# TYPE georeg_repl_up gauge\n");
+    for (size_t i = 0; i < n; i++)
+        buf_addf(b, "georeg_repl_up{replica=\"%s\"} %d\n", r->replicas[i].name,
+                 vs[i].state != RS_UNREACHABLE);
+    buf_adds(b, "# HELP georeg_repl_sent_bytes_total bytes sent to the replica\n"
+                "# TYPE georeg_repl_sent_bytes_total counter\n");
+    for (size_t i = 0; i < n; i++)
+        buf_addf(b, "georeg_repl_sent_bytes_total{replica=\"%s\"} %llu\n", r->replicas[i].name,
+                 (unsigned long long)vs[i].bytes_sent);
+}
+
+void
+repl_housekeeping(repl *r)
+{
+    if (!r->primary || atomic_load(&r->demoted))
+        return;
+    uint64_t head = store_log_head(r->store);
+    uint64_t min_acked = head;
+    for (size_t i = 0; i < r->nreplicas; i++) {
+        pthread_mutex_lock(&r->replicas[i].mu);
+        if (r->replicas[i].acked_seq < min_acked)
+            min_acked = r->replicas[i].acked_seq;
+        pthread_mutex_unlock(&r->replicas[i].mu);
+    }
+    /* keep everything a replica still needs, but never more than the retention bound */
+    uint64_t keep_from = min_acked + 1;
+    if (head > r->log_retention && head - r->log_retention + 1 > keep_from)
+        keep_from = head - r->log_retention + 1;
+    if (keep_from > store_log_first(r->store)) {
+        store_log_trim(r->store, keep_from);
+        log_info("REPL-LOG-TRIM", "before=%llu head=%llu min_acked=%llu",
+                 (unsigned long long)keep_from, (unsigned long long)head,
+                 (unsigned long long)min_acked);
+    }
+}
+
+bool
+repl_locate(repl *r, const char *repo, const char *ref, uint64_t seq, const char *regions,
+            struct repl_locate *out, size_t max, size_t *n)
+{
+    bool all = true;
+    *n = 0;
+    /* self first */
+    const char *p = regions && *regions ? regions : NULL;
+    size_t total = 1 + r->nreplicas;
+    for (size_t i = 0; i < total && *n < max; i++) {
+        const char *name = i == 0 ? r->node_name : r->replicas[i - 1].name;
+        if (p) {
+            /* only regions named in the comma-separated list */
+            bool named = false;
+            const char *q = p;
+            size_t nl = strlen(name);
+            while (*q) {
+                const char *c = strchr(q, ',');
+                size_t l = c ? (size_t)(c - q) : strlen(q);
+                if (l == nl && memcmp(q, name, l) == 0)
+                    named = true;
+                q += l + (c ? 1 : 0);
+            }
+            if (!named)
+                continue;
+        }
+        struct repl_locate *o = &out[(*n)++];
+        memset(o, 0, sizeof *o);
+        str_copy(o->name, sizeof o->name, name);
+        o->known = true;
+        if (i == 0) {
+            o->included = true;
+            o->holds = true;
+            o->acked_seq = r->primary ? store_log_head(r->store) : store_applied_seq(r->store);
+            continue;
+        }
+        struct replica *rp = &r->replicas[i - 1];
+        slice tagp = strchr(ref, ':') ? (slice){"", 0} : slice_of_cstr(ref);
+        o->included = filter_repo(&rp->filter, slice_of_cstr(repo)) &&
+                      (!tagp.len || filter_tag(&rp->filter, tagp));
+        pthread_mutex_lock(&rp->mu);
+        o->acked_seq = rp->acked_seq;
+        pthread_mutex_unlock(&rp->mu);
+        o->holds = o->included && o->acked_seq >= seq;
+        if (!o->holds)
+            all = false;
+    }
+    /* named regions that are not configured */
+    if (p) {
+        const char *q = p;
+        while (*q && *n < max) {
+            const char *c = strchr(q, ',');
+            size_t l = c ? (size_t)(c - q) : strlen(q);
+            bool found = false;
+            for (size_t k = 0; k < *n; k++)
+                if (strlen(out[k].name) == l && memcmp(out[k].name, q, l) == 0)
+                    found = true;
+            if (!found && l) {
+                struct repl_locate *o = &out[(*n)++];
+                memset(o, 0, sizeof *o);
+                str_copy_slice(o->name, sizeof o->name, (slice){q, l});
+                all = false;
+            }
+            q += l + (c ? 1 : 0);
+        }
+    }
+    return all;
+}

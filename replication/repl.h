@@ -1,0 +1,100 @@
+/* Geo-replication. On the primary, one shipper thread per secondary streams the
+ * replication log over an nng pair socket (events in order, blob bytes in chunks
+ * before the event that links them, a window of messages in flight), tracks each
+ * replica's acknowledged sequence and lag, and resyncs a replica from a snapshot
+ * when the log no longer reaches back to it. On a secondary, one receiver thread
+ * verifies and applies what arrives. Epochs fence old primaries.
+ *
+ * Threads: shipper and receiver threads block in nng and in the store; they never
+ * touch HTTP state. The HTTP side reads status through repl_* functions, which
+ * take the repl's own locks. */
+#ifndef GEOREG_REPL_H
+#define GEOREG_REPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/buf.h"
+#include "../common/err.h"
+#include "../storage/store.h"
+
+typedef struct repl repl;
+
+#define REPL_MAX_GLOBS 32
+
+struct repl_filter {
+    const char *include[REPL_MAX_GLOBS];
+    size_t ninclude;
+    const char *exclude[REPL_MAX_GLOBS];
+    size_t nexclude;
+    const char *include_tags[REPL_MAX_GLOBS];
+    size_t ninclude_tags;
+    const char *exclude_tags[REPL_MAX_GLOBS];
+    size_t nexclude_tags;
+};
+
+struct repl_replica_options {
+    const char *name;
+    const char *address; /* tls+tcp://host:port or tcp://host:port */
+    struct repl_filter filter;
+};
+
+struct repl_options {
+    const char *node_name;
+    bool primary;
+    const char *listen;      /* secondary: where the primary connects */
+    const char *public_url;  /* primary: HTTP URL clients push to (sent to secondaries) */
+    const char *primary_url; /* secondary: configured primary URL (else learned) */
+    const char *tls_cert, *tls_key, *tls_ca;
+    bool insecure;           /* plain tcp:// allowed */
+    uint64_t min_epoch;      /* the epoch is at least this */
+    unsigned window;         /* messages in flight per replica */
+    uint64_t chunk_bytes;
+    uint64_t log_retention;  /* events kept beyond the slowest replica, at most */
+    uint64_t heartbeat_ms;
+    const struct repl_replica_options *replicas;
+    size_t nreplicas;
+};
+
+/* repl_new validates options (addresses, TLS files, filters) against store s
+ * (borrowed, must outlive the repl). Strings in o are copied. Nothing runs until
+ * repl_start. ERR_CONFIG with a logged reason. */
+err repl_new(store *s, const struct repl_options *o, repl **out);
+/* repl_start starts the shipper threads (primary) or the receiver (secondary). */
+err repl_start(repl *r);
+/* repl_stop stops every thread; safe to call twice. */
+void repl_stop(repl *r);
+void repl_free(repl *r);
+
+/* repl_writable: this node accepts pushes (a primary not fenced by a higher epoch).
+ * When not, *primary_url names where clients should push (may be ""). The string
+ * is copied into url (n bytes). */
+bool repl_writable(repl *r, char *url, size_t n);
+/* repl_is_primary: configured (or promoted) as primary. */
+bool repl_is_primary(repl *r);
+/* repl_ready: false while a secondary is resyncing (its content is partial). */
+bool repl_ready(repl *r);
+
+/* repl_status_json writes the replication state as a JSON object into out. */
+err repl_status_json(repl *r, buf *out);
+/* repl_metrics appends Prometheus lines for lag and throughput to out. */
+void repl_metrics(repl *r, buf *out);
+/* repl_housekeeping trims the log (primary); call every few seconds. */
+void repl_housekeeping(repl *r);
+
+struct repl_locate {
+    char name[64];
+    bool known;   /* a configured region (or this node) */
+    bool holds;   /* holds the manifest and everything it references */
+    bool included;/* the region's filter includes the repository/tag */
+    uint64_t acked_seq;
+};
+
+/* repl_locate says, for each region in regions (NULL or empty: all), whether it holds
+ * the manifest at repo:ref as of now. seq is the log sequence of the event that made
+ * repo:ref what it is (store_manifest_seq). out has room for max entries; *n gets
+ * the count. Returns true when every named region holds it. */
+bool repl_locate(repl *r, const char *repo, const char *ref, uint64_t seq, const char *regions,
+                 struct repl_locate *out, size_t max, size_t *n);
+
+#endif

@@ -1,0 +1,147 @@
+/* Private to replication/: the repl and replica structs shared by repl.c,
+ * wire.c, shipper.c and receiver.c. */
+#ifndef GEOREG_REPL_INT_H
+#define GEOREG_REPL_INT_H
+
+#include <nng/nng.h>
+#include <nng/protocol/pair1/pair.h>
+#include <nng/supplemental/tls/tls.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "proto/replication.pb-c.h"
+#include "repl.h"
+
+#define REPL_PROTOCOL_VERSION 1
+#define REPL_MAX_MSG (16u << 20)
+#define REPL_KNOWN_BLOBS 4096 /* digests known present on a replica (a cache) */
+
+typedef Georeg__Repl__Envelope envelope;
+
+/* A replica's state as the primary sees it. */
+enum replica_state {
+    RS_UNREACHABLE = 0, /* no connection, or no answer for a while */
+    RS_CONNECTING,      /* connected, handshake not finished */
+    RS_IN_SYNC,         /* acknowledged everything committed */
+    RS_STREAMING,       /* behind by less than a window: normal streaming */
+    RS_CATCHING_UP,     /* behind by more than a window */
+    RS_RESYNCING,       /* being rebuilt from a snapshot */
+};
+
+struct globs {
+    char *items[REPL_MAX_GLOBS];
+    size_t n;
+};
+
+struct filter {
+    struct globs include, exclude, include_tags, exclude_tags;
+    char hash[17]; /* identifies the filter; a change triggers a resync */
+};
+
+struct replica {
+    repl *r;
+    char name[64];
+    char address[256];
+    struct filter filter;
+    nng_socket sock;
+    nng_dialer dialer;
+    bool sock_open;
+    pthread_t thread;
+    bool thread_started;
+
+    _Atomic uint64_t pipe_gen; /* bumped on every connect and disconnect */
+    _Atomic uint32_t pipe_id;  /* current pipe, 0 when none */
+
+    /* status, under mu */
+    pthread_mutex_t mu;
+    enum replica_state state;
+    uint64_t acked_seq;
+    uint64_t last_applied_reported; /* applied seq in the replica's latest ack */
+    uint64_t sent_seq;
+    uint64_t last_contact_ms;
+    uint64_t bytes_sent;
+    uint64_t events_sent;
+    double throughput_bps; /* bytes/s, smoothed */
+    uint64_t tp_last_ms, tp_last_bytes;
+    uint64_t resync_total_bytes, resync_sent_bytes, resyncs;
+    uint64_t stale_epoch_rejects;
+    uint64_t retries;
+    char last_error[256];
+
+    /* shipper-private */
+    uint64_t next_msg_id, acked_msg_id;
+    uint64_t query_id;
+    char (*known)[72]; /* ring of digests known present (sha256 only) */
+    size_t known_next;
+};
+
+struct repl {
+    store *store;
+    bool primary;
+    char node_name[64];
+    char listen[256];
+    char public_url[256];
+    char tls_cert[1024], tls_key[1024], tls_ca[1024];
+    bool insecure;
+    unsigned window;
+    uint64_t chunk_bytes;
+    uint64_t log_retention;
+    uint64_t heartbeat_ms;
+
+    _Atomic uint64_t epoch;
+    _Atomic bool demoted; /* a higher epoch was seen: stop accepting writes */
+    _Atomic bool stopping;
+    _Atomic uint64_t stale_epoch_rejects;
+    _Atomic uint64_t forged_rejects;
+
+    /* new commits wake the shippers */
+    pthread_mutex_t wake_mu;
+    pthread_cond_t wake_cv;
+    uint64_t wake_seq;
+
+    struct replica *replicas;
+    size_t nreplicas;
+
+    /* secondary */
+    nng_socket rsock;
+    nng_listener listener;
+    bool rsock_open;
+    pthread_t rthread;
+    bool rthread_started;
+    pthread_mutex_t smu; /* guards the fields below */
+    char learned_primary_url[256];
+    char primary_name[64];
+    uint64_t primary_head;
+    uint64_t primary_time_ms;
+    uint64_t last_contact_ms;
+    uint64_t caught_up_ms; /* last time applied >= the primary's head */
+    bool resyncing;
+    uint64_t resync_bytes;
+    uint64_t apply_errors;
+    char apply_error[256];
+    _Atomic uint32_t rpipe_id;
+};
+
+uint64_t repl_now_ms(void);
+
+/* wire.c */
+err wire_tls_config(repl *r, bool server, nng_tls_config **out);
+err wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id);
+/* wire_recv waits up to timeout_ms (0: poll) for one envelope; ERR_TIMEOUT when none.
+ * Rejects (ERR_PROTOCOL) undecodable messages and other protocol versions. Free the
+ * result with georeg__repl__envelope__free_unpacked(env, NULL). */
+err wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *pipe);
+/* wire_epoch_check applies the epoch rule to a received envelope: ERR_EPOCH_STALE
+ * when it is older than ours; a newer one is adopted (and demotes a primary). */
+err wire_epoch_check(repl *r, const envelope *env);
+
+/* filter.c (in repl.c) */
+bool filter_repo(const struct filter *f, slice repo);
+bool filter_tag(const struct filter *f, slice tag);
+
+/* shipper.c */
+void *shipper_main(void *arg);
+/* receiver.c */
+void *receiver_main(void *arg);
+
+#endif

@@ -1,0 +1,823 @@
+/* The primary's shipper: one thread per secondary. It learns where the replica is
+ * (handshake), resyncs it from a snapshot when the log no longer reaches back to
+ * it, then streams the log: events in order, each blob's bytes (unless the replica
+ * already has them) in chunks before the event that links it, with up to `window`
+ * messages in flight. Any error, gap or reconnect sends it back to the handshake,
+ * which restarts from what the replica has durably applied: nothing is lost and
+ * nothing is applied twice. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "repl_int.h"
+#include "../common/log.h"
+#include "../common/banned.h"
+
+#define BATCH_MAX_EVENTS 256
+#define BATCH_MAX_BYTES (2u << 20)
+#define QUERY_TIMEOUT_MS 10000
+#define HANDSHAKE_TIMEOUT_MS 3000
+
+struct ship {
+    struct replica *rp;
+    repl *r;
+    uint64_t gen;
+    bool go_back;     /* the replica reported an error: restart from its applied seq */
+    bool resync_asked;
+    uint64_t last_hb_ms;
+    uint64_t last_persist_ms;
+    uint64_t persisted_acked;
+
+    /* pending HaveReply */
+    uint64_t want_query;
+    bool have_reply, have_present;
+
+    /* the batch being built */
+    Georeg__Repl__Event *events[BATCH_MAX_EVENTS];
+    size_t nevents;
+    size_t batch_bytes;
+    uint64_t batch_last_seq;
+
+    /* resync */
+    bool resync;
+    uint64_t snapshot_seq;
+    err fail;
+};
+
+static void
+set_state(struct replica *rp, enum replica_state st)
+{
+    pthread_mutex_lock(&rp->mu);
+    if (rp->state != st && (st == RS_UNREACHABLE || rp->state == RS_UNREACHABLE))
+        log_info("REPL-REPLICA-STATE", "replica=%s state=%d", rp->name, (int)st);
+    rp->state = st;
+    pthread_mutex_unlock(&rp->mu);
+}
+
+static void
+set_error(struct replica *rp, const char *msg)
+{
+    pthread_mutex_lock(&rp->mu);
+    str_copy(rp->last_error, sizeof rp->last_error, msg);
+    pthread_mutex_unlock(&rp->mu);
+}
+
+static uint64_t
+contact_timeout_ms(repl *r)
+{
+    uint64_t t = r->heartbeat_ms * 4;
+    return t < 4000 ? 4000 : t;
+}
+
+static bool
+broken(struct ship *sh)
+{
+    struct replica *rp = sh->rp;
+    if (atomic_load(&sh->r->stopping) || sh->go_back || sh->fail)
+        return true;
+    if (atomic_load(&rp->pipe_gen) != sh->gen || atomic_load(&rp->pipe_id) == 0)
+        return true;
+    pthread_mutex_lock(&rp->mu);
+    uint64_t last = rp->last_contact_ms;
+    pthread_mutex_unlock(&rp->mu);
+    if (last && repl_now_ms() - last > contact_timeout_ms(sh->r)) {
+        /* silent peer (a partition that swallows packets): drop the pipe to redial */
+        uint32_t id = atomic_load(&rp->pipe_id);
+        if (id) {
+            nng_pipe p = NNG_PIPE_INITIALIZER;
+            p.id = id;
+            nng_pipe_close(p);
+        }
+        set_error(rp, "no answer from replica");
+        return true;
+    }
+    return false;
+}
+
+static void
+account_sent(struct replica *rp, size_t bytes)
+{
+    uint64_t now = repl_now_ms();
+    pthread_mutex_lock(&rp->mu);
+    rp->bytes_sent += bytes;
+    if (!rp->tp_last_ms) {
+        rp->tp_last_ms = now;
+        rp->tp_last_bytes = rp->bytes_sent;
+    } else if (now - rp->tp_last_ms >= 1000) {
+        double inst = (double)(rp->bytes_sent - rp->tp_last_bytes) * 1000.0 /
+                      (double)(now - rp->tp_last_ms);
+        rp->throughput_bps = rp->throughput_bps * 0.5 + inst * 0.5;
+        rp->tp_last_ms = now;
+        rp->tp_last_bytes = rp->bytes_sent;
+    }
+    pthread_mutex_unlock(&rp->mu);
+}
+
+static err
+send_env(struct ship *sh, envelope *env)
+{
+    struct replica *rp = sh->rp;
+    uint64_t id = ++rp->next_msg_id;
+    size_t n = georeg__repl__envelope__get_packed_size(env);
+    err e = wire_send(sh->r, rp->sock, env, id);
+    if (e) {
+        sh->fail = e;
+        return e;
+    }
+    account_sent(rp, n);
+    return ERR_OK;
+}
+
+/* ---- receiving acks and replies ---- */
+
+static void
+on_ack(struct ship *sh, const envelope *env)
+{
+    struct replica *rp = sh->rp;
+    Georeg__Repl__Ack *a = env->ack;
+    pthread_mutex_lock(&rp->mu);
+    if (a->acked_msg_id > rp->acked_msg_id)
+        rp->acked_msg_id = a->acked_msg_id;
+    rp->last_applied_reported = a->applied_seq;
+    if (!sh->resync && a->applied_seq > rp->acked_seq)
+        rp->acked_seq = a->applied_seq;
+    pthread_mutex_unlock(&rp->mu);
+    if (a->error && a->error[0]) {
+        log_warn("REPL-REPLICA-ERROR", "replica=%s applied=%llu error=\"%s\"", rp->name,
+                 (unsigned long long)a->applied_seq, a->error);
+        set_error(rp, a->error);
+        if (strstr(a->error, "stale epoch")) {
+            pthread_mutex_lock(&rp->mu);
+            rp->stale_epoch_rejects++;
+            pthread_mutex_unlock(&rp->mu);
+        }
+        sh->go_back = true;
+    }
+    if (a->blob_failed && a->blob_failed[0]) {
+        /* forget that it has it; the go-back resends */
+        for (size_t i = 0; i < REPL_KNOWN_BLOBS; i++)
+            if (strcmp(rp->known[i], a->blob_failed) == 0)
+                rp->known[i][0] = '\0';
+        sh->go_back = true;
+    }
+}
+
+/* pump receives and handles one message, waiting up to timeout_ms. */
+static err
+pump(struct ship *sh, int timeout_ms)
+{
+    struct replica *rp = sh->rp;
+    envelope *env = NULL;
+    err e = wire_recv(sh->r, rp->sock, timeout_ms, &env, NULL);
+    if (e)
+        return e;
+    if (wire_epoch_check(sh->r, env) == ERR_EPOCH_STALE) {
+        georeg__repl__envelope__free_unpacked(env, NULL);
+        return ERR_OK;
+    }
+    pthread_mutex_lock(&rp->mu);
+    rp->last_contact_ms = repl_now_ms();
+    pthread_mutex_unlock(&rp->mu);
+    switch (env->body_case) {
+    case GEOREG__REPL__ENVELOPE__BODY_ACK:
+        on_ack(sh, env);
+        break;
+    case GEOREG__REPL__ENVELOPE__BODY_HAVE_REPLY:
+        if (env->have_reply->query_id == sh->want_query) {
+            sh->have_reply = true;
+            sh->have_present = env->have_reply->n_present > 0;
+        }
+        break;
+    default:
+        log_warn("REPL-BAD-MESSAGE", "replica=%s reason=unexpected_body body=%d", rp->name,
+                 (int)env->body_case);
+        break;
+    }
+    georeg__repl__envelope__free_unpacked(env, NULL);
+    return ERR_OK;
+}
+
+static void
+drain(struct ship *sh)
+{
+    while (pump(sh, 0) == ERR_OK)
+        ;
+}
+
+static uint64_t
+inflight(struct ship *sh)
+{
+    struct replica *rp = sh->rp;
+    pthread_mutex_lock(&rp->mu);
+    uint64_t n = rp->next_msg_id - rp->acked_msg_id;
+    pthread_mutex_unlock(&rp->mu);
+    return n;
+}
+
+/* wait_window blocks until fewer than window messages are unacknowledged. */
+static err
+wait_window(struct ship *sh)
+{
+    while (inflight(sh) >= sh->r->window) {
+        if (broken(sh))
+            return ERR_UNAVAILABLE;
+        pump(sh, 100);
+    }
+    return broken(sh) ? ERR_UNAVAILABLE : ERR_OK;
+}
+
+/* ---- blobs ---- */
+
+static bool
+known(struct replica *rp, const char *digest)
+{
+    for (size_t i = 0; i < REPL_KNOWN_BLOBS; i++)
+        if (rp->known[i][0] && strcmp(rp->known[i], digest) == 0)
+            return true;
+    return false;
+}
+
+static void
+known_add(struct replica *rp, const char *digest)
+{
+    if (strlen(digest) >= sizeof rp->known[0])
+        return;
+    str_copy(rp->known[rp->known_next], sizeof rp->known[0], digest);
+    rp->known_next = (rp->known_next + 1) % REPL_KNOWN_BLOBS;
+}
+
+static err
+ensure_blob(struct ship *sh, const char *digest, uint64_t size)
+{
+    struct replica *rp = sh->rp;
+    repl *r = sh->r;
+    if (known(rp, digest))
+        return ERR_OK;
+
+    /* shared base layers cross the wire once: ask first */
+    Georeg__Repl__HaveQuery q = GEOREG__REPL__HAVE_QUERY__INIT;
+    char *digests[1] = {(char *)digest};
+    q.query_id = ++rp->query_id;
+    q.n_digests = 1;
+    q.digests = digests;
+    envelope env = GEOREG__REPL__ENVELOPE__INIT;
+    env.body_case = GEOREG__REPL__ENVELOPE__BODY_HAVE_QUERY;
+    env.have_query = &q;
+    sh->want_query = q.query_id;
+    sh->have_reply = false;
+    if (wait_window(sh) || send_env(sh, &env))
+        return ERR_UNAVAILABLE;
+    uint64_t deadline = repl_now_ms() + QUERY_TIMEOUT_MS;
+    while (!sh->have_reply) {
+        if (broken(sh) || repl_now_ms() > deadline)
+            return ERR_UNAVAILABLE;
+        pump(sh, 50);
+    }
+    if (sh->have_present) {
+        known_add(rp, digest);
+        return ERR_OK;
+    }
+
+    struct store_blob b;
+    err e = store_blob_get(r->store, NULL, digest, 0, true, &b);
+    if (e) {
+        log_error("REPL-BLOB-MISSING", "replica=%s digest=%s error=%s", rp->name, digest,
+                  err_name(e));
+        return e;
+    }
+    size_t cap = (size_t)(size < r->chunk_bytes ? (size ? size : 1) : r->chunk_bytes);
+    char *chunk = malloc(cap);
+    if (!chunk) {
+        store_blob_release(&b);
+        return ERR_NOMEM;
+    }
+    uint64_t off = 0;
+    do {
+        size_t n = (size_t)(size - off < cap ? size - off : cap);
+        if (b.is_inline) {
+            memcpy(chunk, b.data.ptr + off, n);
+        } else {
+            size_t got = 0;
+            while (got < n) {
+                ssize_t k = pread(b.fd, chunk + got, n - got, (off_t)(off + got));
+                if (k < 0 && errno == EINTR)
+                    continue;
+                if (k <= 0) {
+                    e = ERR_IO;
+                    break;
+                }
+                got += (size_t)k;
+            }
+            if (e)
+                break;
+        }
+        Georeg__Repl__BlobChunk c = GEOREG__REPL__BLOB_CHUNK__INIT;
+        c.digest = (char *)digest;
+        c.size = size;
+        c.offset = off;
+        c.data.data = (uint8_t *)chunk;
+        c.data.len = n;
+        c.last = off + n == size;
+        envelope ce = GEOREG__REPL__ENVELOPE__INIT;
+        ce.body_case = GEOREG__REPL__ENVELOPE__BODY_CHUNK;
+        ce.chunk = &c;
+        if ((e = wait_window(sh)) || (e = send_env(sh, &ce)))
+            break;
+        off += n;
+        if (sh->resync) {
+            pthread_mutex_lock(&rp->mu);
+            rp->resync_sent_bytes += n;
+            pthread_mutex_unlock(&rp->mu);
+        }
+    } while (off < size);
+    free(chunk);
+    store_blob_release(&b);
+    if (!e)
+        known_add(rp, digest);
+    return e;
+}
+
+/* ---- event batches ---- */
+
+static char *
+dup_slice(slice s)
+{
+    char *p = malloc(s.len + 1);
+    if (p) {
+        memcpy(p, s.ptr, s.len);
+        p[s.len] = '\0';
+    }
+    return p;
+}
+
+static void
+free_event(Georeg__Repl__Event *e)
+{
+    if (!e)
+        return;
+    free(e->repo);
+    free(e->digest);
+    free(e->tag);
+    free(e->media_type);
+    free(e->body.data);
+    free(e);
+}
+
+static void
+batch_clear(struct ship *sh)
+{
+    for (size_t i = 0; i < sh->nevents; i++)
+        free_event(sh->events[i]);
+    sh->nevents = 0;
+    sh->batch_bytes = 0;
+}
+
+static err
+flush(struct ship *sh)
+{
+    if (!sh->nevents)
+        return ERR_OK;
+    Georeg__Repl__EventBatch b = GEOREG__REPL__EVENT_BATCH__INIT;
+    b.n_events = sh->nevents;
+    b.events = sh->events;
+    envelope env = GEOREG__REPL__ENVELOPE__INIT;
+    env.body_case = GEOREG__REPL__ENVELOPE__BODY_BATCH;
+    env.batch = &b;
+    err e = wait_window(sh);
+    if (!e)
+        e = send_env(sh, &env);
+    if (!e) {
+        struct replica *rp = sh->rp;
+        pthread_mutex_lock(&rp->mu);
+        rp->events_sent += sh->nevents;
+        if (sh->batch_last_seq > rp->sent_seq)
+            rp->sent_seq = sh->batch_last_seq;
+        pthread_mutex_unlock(&rp->mu);
+    }
+    batch_clear(sh);
+    return e;
+}
+
+/* add appends one event (seq 0 in a resync); filtered ones carry only their seq. */
+static err
+add(struct ship *sh, const struct store_event *ev, bool filtered, bool drop_tag)
+{
+    Georeg__Repl__Event *e = calloc(1, sizeof *e);
+    if (!e)
+        return ERR_NOMEM;
+    georeg__repl__event__init(e);
+    e->seq = ev->seq;
+    e->time_ms = ev->time_ms;
+    e->filtered = filtered;
+    e->type = filtered ? GEOREG__REPL__EVENT_TYPE__EVENT_NONE : (Georeg__Repl__EventType)ev->type;
+    e->repo = dup_slice(filtered ? (slice){"", 0} : ev->repo);
+    e->digest = dup_slice(filtered ? (slice){"", 0} : ev->digest);
+    e->tag = dup_slice(filtered || drop_tag ? (slice){"", 0} : ev->tag);
+    e->media_type = dup_slice(filtered ? (slice){"", 0} : ev->media_type);
+    e->size = ev->size;
+    if (!filtered && ev->body.len) {
+        e->body.data = malloc(ev->body.len);
+        if (e->body.data) {
+            memcpy(e->body.data, ev->body.ptr, ev->body.len);
+            e->body.len = ev->body.len;
+        }
+    }
+    if (!e->repo || !e->digest || !e->tag || !e->media_type ||
+        (!filtered && ev->body.len && !e->body.data)) {
+        free_event(e);
+        return ERR_NOMEM;
+    }
+    sh->events[sh->nevents++] = e;
+    sh->batch_bytes += ev->body.len + ev->repo.len + ev->digest.len + 64;
+    if (ev->seq)
+        sh->batch_last_seq = ev->seq;
+    if (sh->nevents == BATCH_MAX_EVENTS || sh->batch_bytes >= BATCH_MAX_BYTES)
+        return flush(sh);
+    return ERR_OK;
+}
+
+/* ship_one decides what this replica gets of ev. */
+static err
+ship_one(struct ship *sh, const struct store_event *ev)
+{
+    const struct filter *f = &sh->rp->filter;
+    bool included = !ev->repo.len || filter_repo(f, ev->repo);
+    bool tag_ok = !ev->tag.len || ev->type == EV_META_PUT || ev->type == EV_META_DELETE ||
+                  filter_tag(f, ev->tag);
+    if (!included || (ev->type == EV_TAG_DELETE && !tag_ok)) {
+        if (sh->resync)
+            return ERR_OK; /* a snapshot simply leaves it out */
+        return add(sh, ev, true, false);
+    }
+    if (ev->type == EV_MANIFEST_PUT && !tag_ok && sh->resync && ev->tag.len)
+        return ERR_OK; /* the manifest itself came in the manifest pass */
+    if (ev->type == EV_BLOB_LINK) {
+        char d[DIGEST_MAX];
+        str_copy_slice(d, sizeof d, ev->digest);
+        err e = ensure_blob(sh, d, ev->size);
+        if (e)
+            return e;
+    }
+    return add(sh, ev, false, ev->type == EV_MANIFEST_PUT && !tag_ok);
+}
+
+static bool
+on_log_event(void *arg, const struct store_event *ev)
+{
+    struct ship *sh = arg;
+    if (broken(sh))
+        return false;
+    drain(sh);
+    err e = ship_one(sh, ev);
+    if (e) {
+        sh->fail = e;
+        return false;
+    }
+    return true;
+}
+
+/* ---- handshake, resync, stream ---- */
+
+static err
+send_heartbeat(struct ship *sh)
+{
+    repl *r = sh->r;
+    Georeg__Repl__Heartbeat hb = GEOREG__REPL__HEARTBEAT__INIT;
+    hb.head_seq = store_log_head(r->store);
+    hb.time_ms = repl_now_ms();
+    hb.primary_url = r->public_url;
+    envelope env = GEOREG__REPL__ENVELOPE__INIT;
+    env.body_case = GEOREG__REPL__ENVELOPE__BODY_HEARTBEAT;
+    env.heartbeat = &hb;
+    sh->last_hb_ms = hb.time_ms;
+    return send_env(sh, &env);
+}
+
+/* handshake: a heartbeat whose ack tells where the replica is. */
+static err
+handshake(struct ship *sh, uint64_t *applied)
+{
+    struct replica *rp = sh->rp;
+    pthread_mutex_lock(&rp->mu);
+    uint64_t before = rp->acked_msg_id;
+    uint64_t stale_before = rp->stale_epoch_rejects;
+    pthread_mutex_unlock(&rp->mu);
+    if (send_heartbeat(sh))
+        return ERR_UNAVAILABLE;
+    uint64_t want = rp->next_msg_id;
+    uint64_t deadline = repl_now_ms() + HANDSHAKE_TIMEOUT_MS;
+    while (repl_now_ms() < deadline && !atomic_load(&sh->r->stopping)) {
+        if (atomic_load(&rp->pipe_gen) != sh->gen)
+            return ERR_UNAVAILABLE;
+        pump(sh, 100);
+        pthread_mutex_lock(&rp->mu);
+        bool got = rp->acked_msg_id >= want && rp->acked_msg_id > before;
+        bool stale = rp->stale_epoch_rejects > stale_before;
+        pthread_mutex_unlock(&rp->mu);
+        if (stale)
+            return ERR_EPOCH_STALE;
+        if (got)
+            break;
+    }
+    pthread_mutex_lock(&rp->mu);
+    bool ok = rp->acked_msg_id >= want;
+    pthread_mutex_unlock(&rp->mu);
+    if (!ok)
+        return ERR_TIMEOUT;
+    if (sh->go_back)
+        sh->go_back = false; /* an error from before the handshake */
+    /* the ack carried the applied seq; rp->acked_seq only grows, so ask directly */
+    *applied = 0;
+    return ERR_OK;
+}
+
+static bool
+on_count(void *arg, const struct store_event *ev)
+{
+    struct ship *sh = arg;
+    if (ev->repo.len && !filter_repo(&sh->rp->filter, ev->repo))
+        return true;
+    pthread_mutex_lock(&sh->rp->mu);
+    sh->rp->resync_total_bytes += ev->type == EV_BLOB_LINK ? ev->size : ev->body.len;
+    pthread_mutex_unlock(&sh->rp->mu);
+    return !atomic_load(&sh->r->stopping);
+}
+
+static bool
+on_snapshot_record(void *arg, const struct store_event *ev)
+{
+    struct ship *sh = arg;
+    if (!sh->resync_asked) {
+        /* first record: the snapshot exists, announce it */
+        sh->resync_asked = true;
+    }
+    if (broken(sh))
+        return false;
+    drain(sh);
+    if (ev->type != EV_BLOB_LINK && (!ev->repo.len || filter_repo(&sh->rp->filter, ev->repo))) {
+        pthread_mutex_lock(&sh->rp->mu);
+        sh->rp->resync_sent_bytes += ev->body.len;
+        pthread_mutex_unlock(&sh->rp->mu);
+    }
+    err e = ship_one(sh, ev);
+    if (e) {
+        sh->fail = e;
+        return false;
+    }
+    return true;
+}
+
+static void
+filter_key(const struct replica *rp, char *k, size_t n)
+{
+    snprintf(k, n, "repl/replica/%s/filter", rp->name);
+}
+
+static err
+resync(struct ship *sh)
+{
+    struct replica *rp = sh->rp;
+    repl *r = sh->r;
+    uint64_t snap_seq = 0;
+    set_state(rp, RS_RESYNCING);
+    pthread_mutex_lock(&rp->mu);
+    rp->resyncs++;
+    rp->resync_total_bytes = 0;
+    rp->resync_sent_bytes = 0;
+    pthread_mutex_unlock(&rp->mu);
+    log_info("REPL-RESYNC-START", "replica=%s", rp->name);
+    store_snapshot_stream(r->store, on_count, sh, &snap_seq);
+
+    Georeg__Repl__ResyncBegin rb = GEOREG__REPL__RESYNC_BEGIN__INIT;
+    rb.resync_id = (uint64_t)repl_now_ms();
+    pthread_mutex_lock(&rp->mu);
+    rb.total_bytes = rp->resync_total_bytes;
+    pthread_mutex_unlock(&rp->mu);
+    envelope env = GEOREG__REPL__ENVELOPE__INIT;
+    env.body_case = GEOREG__REPL__ENVELOPE__BODY_RESYNC_BEGIN;
+    env.resync_begin = &rb;
+    if (send_env(sh, &env))
+        return ERR_UNAVAILABLE;
+    sh->resync = true;
+    sh->resync_asked = false;
+    err e = store_snapshot_stream(r->store, on_snapshot_record, sh, &snap_seq);
+    if (!e && !sh->fail && !broken(sh))
+        e = flush(sh);
+    sh->resync = false;
+    if (e || sh->fail || broken(sh)) {
+        batch_clear(sh);
+        log_warn("REPL-RESYNC-ABORTED", "replica=%s", rp->name);
+        return ERR_UNAVAILABLE;
+    }
+    Georeg__Repl__ResyncEnd re = GEOREG__REPL__RESYNC_END__INIT;
+    re.resync_id = rb.resync_id;
+    re.snapshot_seq = snap_seq;
+    envelope ee = GEOREG__REPL__ENVELOPE__INIT;
+    ee.body_case = GEOREG__REPL__ENVELOPE__BODY_RESYNC_END;
+    ee.resync_end = &re;
+    if (wait_window(sh) || send_env(sh, &ee))
+        return ERR_UNAVAILABLE;
+    uint64_t want = rp->next_msg_id;
+    while (inflight(sh) > 0 || rp->acked_msg_id < want) {
+        if (broken(sh))
+            return ERR_UNAVAILABLE;
+        pump(sh, 100);
+    }
+    char k[128];
+    filter_key(rp, k, sizeof k);
+    store_meta_put(r->store, k, rp->filter.hash, strlen(rp->filter.hash));
+    log_info("REPL-RESYNC-DONE", "replica=%s snapshot_seq=%llu", rp->name,
+             (unsigned long long)snap_seq);
+    return ERR_OK;
+}
+
+static void
+persist_cursor(struct ship *sh, bool force)
+{
+    struct replica *rp = sh->rp;
+    uint64_t now = repl_now_ms();
+    if (!force && now - sh->last_persist_ms < 1000)
+        return;
+    pthread_mutex_lock(&rp->mu);
+    uint64_t acked = rp->acked_seq;
+    pthread_mutex_unlock(&rp->mu);
+    if (acked == sh->persisted_acked)
+        return;
+    char k[128], v[24];
+    snprintf(k, sizeof k, "repl/replica/%s/acked", rp->name);
+    int n = snprintf(v, sizeof v, "%llu", (unsigned long long)acked);
+    store_meta_put(sh->r->store, k, v, (size_t)n);
+    sh->persisted_acked = acked;
+    sh->last_persist_ms = now;
+}
+
+static void
+update_state(struct ship *sh, uint64_t head)
+{
+    struct replica *rp = sh->rp;
+    pthread_mutex_lock(&rp->mu);
+    uint64_t acked = rp->acked_seq;
+    pthread_mutex_unlock(&rp->mu);
+    enum replica_state st = acked >= head                    ? RS_IN_SYNC
+                            : head - acked <= sh->r->window * 4 ? RS_STREAMING
+                                                                : RS_CATCHING_UP;
+    set_state(rp, st);
+}
+
+static err
+stream(struct ship *sh, uint64_t from)
+{
+    repl *r = sh->r;
+    struct replica *rp = sh->rp;
+    uint64_t cursor = from;
+    while (!broken(sh)) {
+        drain(sh);
+        persist_cursor(sh, false);
+        uint64_t head = store_log_head(r->store);
+        update_state(sh, head);
+        if (cursor <= head) {
+            if (cursor < store_log_first(r->store))
+                return ERR_NOT_FOUND; /* trimmed under us: resync */
+            sh->batch_last_seq = 0;
+            store_log_read(r->store, cursor, 1024, on_log_event, sh);
+            if (sh->fail || broken(sh))
+                break;
+            if (flush(sh))
+                break;
+            pthread_mutex_lock(&rp->mu);
+            uint64_t sent = rp->sent_seq;
+            pthread_mutex_unlock(&rp->mu);
+            if (sent >= cursor)
+                cursor = sent + 1;
+            continue;
+        }
+        if (inflight(sh) > 0) {
+            pump(sh, 20);
+            continue;
+        }
+        uint64_t now = repl_now_ms();
+        if (now - sh->last_hb_ms >= r->heartbeat_ms && send_heartbeat(sh))
+            break;
+        /* sleep until a commit, a pipe change or the next heartbeat */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t wait_ms = r->heartbeat_ms < 200 ? r->heartbeat_ms : 200;
+        ts.tv_nsec += (long)(wait_ms * 1000000);
+        ts.tv_sec += ts.tv_nsec / 1000000000;
+        ts.tv_nsec %= 1000000000;
+        pthread_mutex_lock(&r->wake_mu);
+        if (store_log_head(r->store) < cursor && !atomic_load(&r->stopping))
+            pthread_cond_timedwait(&r->wake_cv, &r->wake_mu, &ts);
+        pthread_mutex_unlock(&r->wake_mu);
+    }
+    batch_clear(sh);
+    return sh->fail ? sh->fail : ERR_UNAVAILABLE;
+}
+
+/* applied_of asks the replica (through the last ack) where it is. */
+static uint64_t
+applied_of(struct replica *rp)
+{
+    pthread_mutex_lock(&rp->mu);
+    uint64_t a = rp->last_applied_reported;
+    pthread_mutex_unlock(&rp->mu);
+    return a;
+}
+
+void *
+shipper_main(void *arg)
+{
+    struct replica *rp = arg;
+    repl *r = rp->r;
+    struct ship sh = {.rp = rp, .r = r};
+    char k[128];
+    buf v = BUF_INIT;
+
+    snprintf(k, sizeof k, "repl/replica/%s/acked", rp->name);
+    if (store_meta_get(r->store, k, &v) == ERR_OK) {
+        uint64_t a;
+        if (slice_parse_u64(buf_slice(&v), &a))
+            rp->acked_seq = sh.persisted_acked = a;
+    }
+    set_state(rp, RS_UNREACHABLE);
+    while (!atomic_load(&r->stopping)) {
+        if (atomic_load(&rp->pipe_id) == 0) {
+            set_state(rp, RS_UNREACHABLE);
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 200000000;
+            ts.tv_sec += ts.tv_nsec / 1000000000;
+            ts.tv_nsec %= 1000000000;
+            pthread_mutex_lock(&r->wake_mu);
+            if (atomic_load(&rp->pipe_id) == 0 && !atomic_load(&r->stopping))
+                pthread_cond_timedwait(&r->wake_cv, &r->wake_mu, &ts);
+            pthread_mutex_unlock(&r->wake_mu);
+            continue;
+        }
+        sh.gen = atomic_load(&rp->pipe_gen);
+        sh.go_back = false;
+        sh.fail = ERR_OK;
+        pthread_mutex_lock(&rp->mu);
+        rp->last_contact_ms = repl_now_ms(); /* a new pipe counts as contact */
+        rp->acked_msg_id = rp->next_msg_id;  /* whatever was in flight is gone */
+        pthread_mutex_unlock(&rp->mu);
+        if (rp->state == RS_UNREACHABLE)
+            set_state(rp, RS_CONNECTING);
+        uint64_t applied = 0;
+        err e = handshake(&sh, &applied);
+        if (e) {
+            pthread_mutex_lock(&rp->mu);
+            rp->retries++;
+            pthread_mutex_unlock(&rp->mu);
+            if (e == ERR_EPOCH_STALE || atomic_load(&r->demoted)) {
+                set_error(rp, "replica has a higher epoch: this node is fenced");
+                usleep(1000000);
+            } else {
+                usleep(200000);
+            }
+            continue;
+        }
+        applied = applied_of(rp);
+        uint64_t head = store_log_head(r->store);
+        uint64_t first = store_log_first(r->store);
+        buf_reset(&v);
+        filter_key(rp, k, sizeof k);
+        bool have_hash = store_meta_get(r->store, k, &v) == ERR_OK;
+        bool filter_changed = have_hash && !slice_eq_cstr(buf_slice(&v), rp->filter.hash);
+        bool need = applied + 1 < first || applied > head || filter_changed;
+        pthread_mutex_lock(&rp->mu);
+        rp->acked_seq = applied;
+        pthread_mutex_unlock(&rp->mu);
+        if (need) {
+            log_info("REPL-RESYNC-NEEDED", "replica=%s applied=%llu log_first=%llu head=%llu "
+                     "filter_changed=%d",
+                     rp->name, (unsigned long long)applied, (unsigned long long)first,
+                     (unsigned long long)head, filter_changed);
+            if (resync(&sh) != ERR_OK) {
+                pthread_mutex_lock(&rp->mu);
+                rp->retries++;
+                pthread_mutex_unlock(&rp->mu);
+                usleep(200000);
+            }
+            continue;
+        }
+        if (!have_hash)
+            store_meta_put(r->store, k, rp->filter.hash, strlen(rp->filter.hash));
+        log_info("REPL-STREAM", "replica=%s from=%llu head=%llu", rp->name,
+                 (unsigned long long)(applied + 1), (unsigned long long)head);
+        e = stream(&sh, applied + 1);
+        persist_cursor(&sh, true);
+        if (!atomic_load(&r->stopping)) {
+            pthread_mutex_lock(&rp->mu);
+            rp->retries++;
+            pthread_mutex_unlock(&rp->mu);
+            if (sh.go_back)
+                log_info("REPL-GO-BACK", "replica=%s", rp->name);
+        }
+    }
+    buf_release(&v);
+    return NULL;
+}
