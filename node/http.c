@@ -28,6 +28,8 @@
 #define SENDFILE_STEP (4u << 20)
 #define INLINE_BODY_MAX (16u << 10) /* memory bodies copied next to the headers */
 #define SWEEP_MS 250
+#define LINGER_MS 3000
+#define LINGER_MAX_BYTES (64u << 20)
 
 enum conn_state {
     CS_IDLE,     /* keep-alive: waiting for a request (idle timeout) */
@@ -36,6 +38,9 @@ enum conn_state {
     CS_BODY,     /* reading the body (body timeout between reads) */
     CS_HANDLING, /* body complete: draining the sink, then the handler runs */
     CS_SENDING,  /* writing the response (body timeout between writes) */
+    CS_LINGER,   /* answered before reading the whole request: our side is shut down,
+                    the rest of the request is read and dropped so the client sees the
+                    answer instead of a reset (bounded in time and bytes) */
 };
 
 enum job_kind { JOB_NONE, JOB_PRE, JOB_HANDLER, JOB_SINK };
@@ -59,6 +64,8 @@ struct conn {
     bool closing;
     bool hdr_too_large;
     bool pre_done;
+    bool linger_needed; /* the answer goes out before the request was fully read */
+    uint64_t lingered;
     uint64_t deadline; /* loop time in ms; 0: none */
 
     /* header assembly: offsets into req->raw */
@@ -346,6 +353,7 @@ on_headers_complete(llhttp_t *p)
             return 0;
         if (r->expect_continue || r->chunked || r->content_length > DISCARD_LIMIT) {
             r->resp.close = true;
+            c->linger_needed = !r->expect_continue;
             c->state = CS_HANDLING;
             return HPE_PAUSED;
         }
@@ -384,6 +392,7 @@ on_body(llhttp_t *p, const char *at, size_t len)
     case BODY_DISCARD:
         if (r->resp.status && r->body_received > DISCARD_LIMIT) {
             r->resp.close = true;
+            c->linger_needed = true;
             return HPE_USER;
         }
         break;
@@ -453,15 +462,37 @@ conn_feed(struct conn *c, const char *data, size_t len)
             http_resp_error(r, ERR_BAD_REQUEST, NULL, llhttp_errno_name(e));
     }
     r->resp.close = true;
+    c->linger_needed = true;
     c->paused = true;
     buf_reset(&c->pending);
     c->state = CS_HANDLING;
 }
 
 static void
+conn_linger_read(struct conn *c)
+{
+    struct worker *w = c->w;
+    for (;;) {
+        ssize_t n = read(c->fd, w->rbuf, READ_BUF_SIZE);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0 || (c->lingered += (uint64_t)n) > LINGER_MAX_BYTES) {
+            conn_close(c);
+            return;
+        }
+    }
+}
+
+static void
 conn_read(struct conn *c)
 {
     struct worker *w = c->w;
+    if (c->state == CS_LINGER) {
+        conn_linger_read(c);
+        return;
+    }
     for (int i = 0; i < 16 && !c->paused && !c->closing && !c->backpressure; i++) {
         ssize_t n = read(c->fd, w->rbuf, READ_BUF_SIZE);
         if (n < 0) {
@@ -798,10 +829,20 @@ conn_run(struct conn *c)
             c->state = CS_SENDING;
             c->deadline = now_ms(c->w) + c->w->srv->cfg.body_timeout_ms;
             continue;
+        case CS_LINGER:
+            goto wait;
         case CS_SENDING:
             if (!conn_write(c))
                 goto wait;
             if (r->resp.close || c->close_after || c->w->stopping) {
+                if (c->linger_needed && !c->read_eof) {
+                    shutdown(c->fd, SHUT_WR);
+                    req_free(c->req);
+                    c->req = NULL;
+                    c->state = CS_LINGER;
+                    c->deadline = now_ms(c->w) + LINGER_MS;
+                    goto wait;
+                }
                 conn_close(c);
                 return;
             }
@@ -824,6 +865,8 @@ conn_update_poll(struct conn *c)
         return;
     int want = 0;
     bool reading_state = c->state == CS_IDLE || c->state == CS_HEADERS || c->state == CS_BODY;
+    if (c->state == CS_LINGER)
+        want |= UV_READABLE;
     if (reading_state && !c->paused && !c->backpressure && !c->read_eof)
         want |= UV_READABLE;
     if (c->state == CS_SENDING)
@@ -998,8 +1041,8 @@ on_sweep(uv_timer_t *t)
         next = c->next;
         if (c->deadline && now > c->deadline && c->job == JOB_NONE &&
             (c->state == CS_IDLE || c->state == CS_HEADERS || c->state == CS_BODY ||
-             c->state == CS_SENDING)) {
-            if (c->state != CS_IDLE) {
+             c->state == CS_SENDING || c->state == CS_LINGER)) {
+            if (c->state != CS_IDLE && c->state != CS_LINGER) {
                 atomic_fetch_add(&w->srv->stats.timeouts, 1);
                 log_info("HTTP-TIMEOUT", "peer=%s state=%d", c->peer, (int)c->state);
             }

@@ -487,7 +487,14 @@ pre_upload(struct http_req *r, bool nowait)
         if (!e)
             e = store_upload_acquire(nd->store, rt->name, rt->upload_id, &u->u);
     } else {
-        e = store_upload_acquire(nd->store, rt->name, rt->upload_id, &u->u);
+        /* a client retrying after a broken connection may arrive while the old request
+         * still finishes its last write: give it a moment (we are on the pool) */
+        for (int i = 0; i < 200; i++) {
+            e = store_upload_acquire(nd->store, rt->name, rt->upload_id, &u->u);
+            if (e != ERR_BUSY)
+                break;
+            usleep(10000);
+        }
     }
     if (e) {
         http_resp_error(r, e, e == ERR_BUSY ? "upload is in use by another request" : NULL,

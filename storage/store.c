@@ -100,7 +100,8 @@ rdb_err(const char *what, char *msg)
 {
     if (!msg)
         return ERR_OK;
-    err e = strncmp(msg, "Incomplete", 10) == 0 ? ERR_WOULDBLOCK : ERR_IO;
+    /* Status::Incomplete: a STORE_NOWAIT read that needs the disk */
+    err e = strstr(msg, "ncomplete") ? ERR_WOULDBLOCK : ERR_IO;
     if (e == ERR_IO)
         log_error("STORE-ROCKSDB", "op=%s error=\"%s\"", what, msg);
     rocksdb_free(msg);
