@@ -132,7 +132,8 @@ h_catalog(struct http_req *r, bool nowait)
     buf b = BUF_INIT;
     struct list_out o = {.b = &b};
     buf_adds(&b, "{\"repositories\":[");
-    err e = store_catalog_list(nd->store, has_last ? last : NULL, n, on_list_item, &o, &more);
+    err e = n ? store_catalog_list(nd->store, has_last ? last : NULL, n, on_list_item, &o, &more)
+              : ERR_OK;
     if (e) {
         buf_release(&b);
         http_resp_error(r, e, NULL, NULL);
@@ -164,7 +165,10 @@ h_tags(struct http_req *r, bool nowait)
     buf_adds(&b, "{\"name\":");
     buf_add_json_str(&b, rt->name, strlen(rt->name));
     buf_adds(&b, ",\"tags\":[");
-    err e = store_tags_list(nd->store, rt->name, has_last ? last : NULL, n, on_list_item, &o, &more);
+    err e = store_tags_list(nd->store, rt->name, has_last ? last : NULL, n ? n : 0, on_list_item,
+                            &o, &more);
+    if (!n)
+        more = false;
     if (e) {
         buf_release(&b);
         http_resp_error(r, e, NULL, rt->name);
@@ -601,15 +605,13 @@ h_upload_status(struct http_req *r, bool nowait)
 {
     struct node *nd = node_of(r);
     struct route *rt = route_of(r);
-    store_upload *u;
+    uint64_t off = 0;
     (void)nowait;
-    err e = store_upload_acquire(nd->store, rt->name, rt->upload_id, &u);
+    err e = store_upload_peek(nd->store, rt->name, rt->upload_id, &off);
     if (e) {
         http_resp_error(r, e, NULL, rt->upload_id);
         return ERR_OK;
     }
-    uint64_t off = store_upload_offset(u);
-    store_upload_release(nd->store, u);
     answer_empty(r, 204);
     upload_headers(r, rt->upload_id, off);
     return ERR_OK;

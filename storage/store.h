@@ -84,6 +84,10 @@ err store_upload_create(store *s, const char *repo, char id[STORE_UPLOAD_ID_LEN 
  * take time). ERR_BLOB_UPLOAD_UNKNOWN when no such session for this repo, ERR_BUSY
  * when another request holds it. */
 err store_upload_acquire(store *s, const char *repo, const char *id, store_upload **out);
+/* store_upload_peek reads the offset of upload id of repo without taking it (a status
+ * query while another request streams into it sees the last completed offset).
+ * ERR_BLOB_UPLOAD_UNKNOWN as acquire. */
+err store_upload_peek(store *s, const char *repo, const char *id, uint64_t *offset);
 /* store_upload_offset: bytes received so far. */
 uint64_t store_upload_offset(const store_upload *u);
 /* store_upload_id: the session id (borrowed, valid while u is). */

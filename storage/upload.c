@@ -314,6 +314,36 @@ store_upload_acquire(store *s, const char *repo, const char *id, store_upload **
     return ERR_OK;
 }
 
+err
+store_upload_peek(store *s, const char *repo, const char *id, uint64_t *offset)
+{
+    pthread_mutex_lock(&s->uploads_mu);
+    struct store_upload *u = find_locked(s, id);
+    if (u) {
+        err e = strcmp(u->repo, repo) == 0 ? ERR_OK : ERR_BLOB_UPLOAD_UNKNOWN;
+        /* a busy upload's offset moves under the writer; its record holds the last
+         * acknowledged one */
+        bool busy = u->busy;
+        *offset = u->offset;
+        pthread_mutex_unlock(&s->uploads_mu);
+        if (e || !busy)
+            return e;
+    } else {
+        pthread_mutex_unlock(&s->uploads_mu);
+    }
+    buf v = BUF_INIT;
+    struct store_upload tmp;
+    err e = rget(s, CF_UPLOADS, 0, id, strlen(id), &v);
+    if (e == ERR_NOT_FOUND)
+        e = ERR_BLOB_UPLOAD_UNKNOWN;
+    if (!e && (!parse_session(buf_slice(&v), &tmp) || strcmp(tmp.repo, repo) != 0))
+        e = ERR_BLOB_UPLOAD_UNKNOWN;
+    if (!e)
+        *offset = tmp.offset;
+    buf_release(&v);
+    return e;
+}
+
 uint64_t
 store_upload_offset(const store_upload *u)
 {
