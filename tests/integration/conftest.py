@@ -15,6 +15,7 @@ then SIGKILL).
 import os
 import re
 import shutil
+import signal
 import uuid
 
 import pytest
@@ -23,11 +24,28 @@ import itlib
 from itlib import Node
 
 
+def _kill_live_nodes(signum=None, frame=None):
+    for n in list(itlib.LIVE):
+        try:
+            n.kill9()
+        except Exception:
+            pass
+    if signum is not None:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
 def pytest_configure(config):
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _kill_live_nodes)
     config.addinivalue_line("markers", "slow: a test that takes more than a few seconds")
     config.addinivalue_line(
         "markers", "georeg_only(reason): georeg-specific behaviour; skipped when "
         "GEOREG_TEST_TARGET=distribution")
+
+
+def pytest_unconfigure(config):
+    _kill_live_nodes()
 
 
 def pytest_runtest_setup(item):
@@ -56,10 +74,10 @@ class NodeManager:
         self.label = label
         self.nodes = []
 
-    def new(self, name="it", env=None, start=True, port=None):
+    def new(self, name="it", env=None, start=True, port=None, config=None):
         _check_binary()
         workdir = str(self.tmp_factory.mktemp(re.sub(r"[^A-Za-z0-9_]", "_", self.label)[:40]))
-        n = Node(workdir, name=name, env=env, port=port)
+        n = Node(workdir, name=name, env=env, port=port, config=config)
         self.nodes.append(n)
         if start:
             n.start()

@@ -33,7 +33,12 @@ TOOLS_DIR = os.path.join(REPO_ROOT, "build", "tools")
 # Waits are bounded everywhere; the ASan build starts and runs slower.
 START_TIMEOUT = 60.0 if ASAN else 30.0
 STOP_TIMEOUT = 15.0
-HTTP_TIMEOUT = 60.0 if ASAN else 30.0
+HTTP_TIMEOUT = float(os.environ.get("GEOREG_TEST_HTTP_TIMEOUT", "40" if ASAN else "20"))
+TOOL_TIMEOUT = float(os.environ.get("GEOREG_TEST_TOOL_TIMEOUT", "120" if ASAN else "60"))
+
+# every node process alive right now, so that an interrupted run (SIGTERM,
+# SIGINT, SIGHUP) still kills them by PID
+LIVE = set()
 
 SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
 
@@ -207,7 +212,11 @@ def parse_link_next(link):
 class Node:
     """One registry process on 127.0.0.1:port with data in data_dir."""
 
-    def __init__(self, workdir, name="it", port=None, env=None, target=TARGET):
+    def __init__(self, workdir, name="it", port=None, env=None, target=TARGET, config=None):
+        """config: None to start with --listen/--data/--name flags; or a
+        dict of YAML text overrides, to start with --config FILE, e.g.
+        {"listen": "127.0.0.1:1234"} to write another listen address."""
+        self.config = config
         self.workdir = workdir
         self.name = name
         self.target = target
@@ -250,6 +259,15 @@ class Node:
                     "http:\n  addr: 127.0.0.1:%d\n  secret: georeg-integration-tests\n"
                     % (self.data_dir, self.port))
             return [DISTRIBUTION_BIN, "serve", cfg]
+        if self.config is not None:
+            cfg = os.path.join(self.workdir, "georeg.yml")
+            with open(cfg, "w") as f:
+                f.write("# written by the integration tests\n"
+                        "node:\n  name: %s\n  data_dir: %s\n"
+                        "http:\n  listen: %s\n"
+                        % (self.name, self.data_dir,
+                           self.config.get("listen", "127.0.0.1:%d" % self.port)))
+            return [GEOREG_BIN, "serve", "--config", cfg]
         return [GEOREG_BIN, "serve", "--listen", "127.0.0.1:%d" % self.port,
                 "--data", self.data_dir, "--name", self.name]
 
@@ -266,6 +284,7 @@ class Node:
             log.flush()
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=log, env=env, cwd=self.workdir)
+        LIVE.add(self)
         self.starts += 1
         self.wait_ready(timeout)
         return self
@@ -293,6 +312,12 @@ class Node:
     def stop(self, timeout=STOP_TIMEOUT):
         """SIGTERM, wait, then SIGKILL. Returns the exit code. A graceful
         shutdown must exit 0; anything else is recorded as a problem."""
+        try:
+            return self._stop(timeout)
+        finally:
+            LIVE.discard(self)
+
+    def _stop(self, timeout):
         if self.proc is None:
             return None
         p = self.proc
@@ -325,6 +350,7 @@ class Node:
             p.send_signal(signal.SIGKILL)
             p.wait(10)
         self.proc = None
+        LIVE.discard(self)
 
     def restart(self, timeout=START_TIMEOUT):
         self.stop()
@@ -562,7 +588,7 @@ class OCILayout:
 # --------------------------------------------------------------------------
 # external tools
 
-def run(cmd, timeout=120, check=True, env=None, input=None, cwd=None):
+def run(cmd, timeout=TOOL_TIMEOUT, check=True, env=None, input=None, cwd=None):
     """Runs a command with a bounded time; returns CompletedProcess (text)."""
     e = dict(os.environ)
     if env:

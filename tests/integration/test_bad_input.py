@@ -292,3 +292,60 @@ def test_manifest_put_with_wrong_digest_reference(node, repo):
     assert r.status == 400, r
     assert {"DIGEST_INVALID", "MANIFEST_INVALID"} & set(r.error_codes()), r
     assert get_manifest(node, repo, other).status == 404
+
+
+def test_unsupported_digest_algorithm(node, repo):
+    data = b"hello"
+    loc = start_upload(node, repo)
+    r = node.req("PUT", with_query(loc, digest="md5:5d41402abc4b2a76b9719d911017c592"),
+                 body=data, headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 400, r
+    assert {"DIGEST_INVALID", "UNSUPPORTED"} & set(r.error_codes()), r
+
+
+@pytest.mark.georeg_only("Distribution 2.8 ignores Content-Range on PATCH")
+def test_malformed_content_range(node, repo):
+    loc = start_upload(node, repo)
+    r = node.req("PATCH", loc, body=b"x" * 10, headers={"Content-Range": "bytes=zero-nine"})
+    assert r.status in (400, 416), r
+
+
+@pytest.mark.georeg_only("Distribution 2.8 answers 500")
+def test_manifest_with_malformed_descriptor_digest(node, repo):
+    push_blob(node, repo, b"repo exists")
+    body = manifest_bytes({"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+                           "config": {"mediaType": MT_OCI_CONFIG, "digest": "sha256:zzz",
+                                      "size": 2}, "layers": []})
+    r = put_manifest(node, repo, "baddesc", body)
+    assert r.status == 400, r
+    assert {"MANIFEST_INVALID", "DIGEST_INVALID"} & set(r.error_codes()), r
+    assert get_manifest(node, repo, "baddesc").status == 404
+
+
+def test_manifest_of_unknown_media_type(node, repo):
+    cfg = b'{"os":"linux"}'
+    push_blob(node, repo, cfg)
+    body = manifest_bytes({"schemaVersion": 2, "mediaType": "application/x-not-a-manifest",
+                           "config": descriptor(MT_OCI_CONFIG, cfg), "layers": []})
+    r = put_manifest(node, repo, "weird", body, "application/x-not-a-manifest")
+    assert r.status in (400, 415), r
+    assert {"MANIFEST_INVALID", "UNSUPPORTED"} & set(r.error_codes()), r
+    assert get_manifest(node, repo, "weird").status == 404
+
+
+@pytest.mark.georeg_only("Distribution 2.8 does not compare the body's mediaType with Content-Type")
+def test_manifest_media_type_disagreeing_with_content_type(node, repo):
+    cfg = b'{"os":"linux","architecture":"amd64"}'
+    push_blob(node, repo, cfg)
+    body = manifest_bytes({"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+                           "config": descriptor(MT_OCI_CONFIG, cfg), "layers": []})
+    r = put_manifest(node, repo, "mismatch", body, MT_OCI_INDEX)
+    _assert_error(r, 400, "MANIFEST_INVALID")
+    assert get_manifest(node, repo, "mismatch").status == 404
+
+
+def test_unknown_manifest_head_is_404_without_body(node, repo):
+    make_image(node, repo, tag="x", layers=1)
+    r = get_manifest(node, repo, "missing", method="HEAD")
+    assert r.status == 404, r
+    assert r.body == b""

@@ -150,12 +150,12 @@ def test_large_streamed_blob_roundtrip(node, repo):
 
     loc = start_upload(node, repo)
     r = node.req("PATCH", loc, body=gen(), chunked=True,
-                 headers={"Content-Type": "application/octet-stream"}, timeout=120)
+                 headers={"Content-Type": "application/octet-stream"}, timeout=2 * HTTP_TIMEOUT)
     assert r.status == 202, r
     d = "sha256:" + h.hexdigest()
-    r = node.req("PUT", with_query(location(node.url, r), digest=d), timeout=120)
+    r = node.req("PUT", with_query(location(node.url, r), digest=d), timeout=2 * HTTP_TIMEOUT)
     assert r.status == 201, r
-    g = node.req("GET", "/v2/%s/blobs/%s" % (repo, d), timeout=120)
+    g = node.req("GET", "/v2/%s/blobs/%s" % (repo, d), timeout=2 * HTTP_TIMEOUT)
     assert g.status == 200
     assert len(g.body) == 24 << 20
     assert sha256(g.body) == d
@@ -342,3 +342,90 @@ def test_concurrent_uploads_to_one_repository(node, repo):
         assert node.req("GET", "/v2/%s/blobs/%s" % (repo, sha256(data))).body == data
 
 
+
+
+def test_blob_location_header_points_at_the_blob(node, repo):
+    data = os.urandom(777)
+    loc = start_upload(node, repo)
+    r = node.req("PUT", with_query(loc, digest=sha256(data)), body=data,
+                 headers={"Content-Type": "application/octet-stream"})
+    assert r.status == 201, r
+    g = node.req("GET", location(node.url, r))
+    assert g.status == 200 and g.body == data, g
+
+
+def test_pipelined_requests_on_one_connection(node, repo):
+    a, b = os.urandom(1000), os.urandom(2000)
+    da, db = push_blob(node, repo, a), push_blob(node, repo, b)
+    req = "".join("GET /v2/%s/blobs/%s HTTP/1.1\r\nHost: %s\r\n\r\n" % (repo, d, node.host)
+                  for d in (da, db, da))
+    req += "GET /v2/ HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % node.host
+    raw = itlib.raw_exchange(node.port, req.encode(), timeout=HTTP_TIMEOUT)
+    # parse the four responses in order
+    bodies = []
+    rest = raw
+    for _ in range(4):
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        assert parse_status(head) == 200, raw[:500]
+        m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        assert m, head
+        n = int(m.group(1))
+        bodies.append(rest[:n])
+        rest = rest[n:]
+    assert bodies[0] == a and bodies[1] == b and bodies[2] == a
+    assert rest == b""
+
+
+def test_raw_chunked_body_with_extensions_and_trailer(node, repo):
+    data = os.urandom(5000)
+    loc = start_upload(node, repo)
+    path = itlib.split_url(loc)[2]
+    body = (b"a;name=value\r\n" + data[:10] + b"\r\n"
+            + b"FA0\r\n" + data[10:4010] + b"\r\n"
+            + (b"%x\r\n" % (len(data) - 4010)) + data[4010:] + b"\r\n"
+            + b"0\r\nX-Trailer: yes\r\n\r\n")
+    raw = itlib.raw_exchange(node.port, (
+        "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" % (path, node.host)
+    ).encode() + body, timeout=HTTP_TIMEOUT)
+    assert parse_status(raw) == 202, raw[:500]
+    m = re.search(rb"(?im)^location:\s*(\S+)", raw)
+    loc = m.group(1).decode()
+    loc = node.url + loc if loc.startswith("/") else loc
+    r = node.req("PUT", with_query(loc, digest=sha256(data)))
+    assert r.status == 201, r
+    assert node.req("GET", "/v2/%s/blobs/%s" % (repo, sha256(data))).body == data
+
+
+def test_parallel_clients(node, repo):
+    """8 threads each push and pull their own blobs at the same time."""
+    import threading
+    errors = []
+
+    def worker(i):
+        try:
+            for j in range(3):
+                data = os.urandom(200_000 + i * 1000 + j)
+                d = push_blob(node, "%s-%d" % (repo, i), data) if j % 2 == 0 else \
+                    itlib.push_blob_chunked(node, "%s-%d" % (repo, i), data, chunk=65536)
+                g = node.req("GET", "/v2/%s-%d/blobs/%s" % (repo, i, d))
+                assert g.status == 200 and g.body == data, g
+        except Exception as e:  # reported below
+            errors.append("worker %d: %r" % (i, e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(4 * HTTP_TIMEOUT)
+        assert not t.is_alive(), "a client thread did not finish"
+    assert not errors, errors
+
+
+def test_deleted_blob_can_be_pushed_again(node, repo):
+    data = os.urandom(3333)
+    d = push_blob(node, repo, data)
+    assert node.req("DELETE", "/v2/%s/blobs/%s" % (repo, d)).status == 202
+    assert node.req("HEAD", "/v2/%s/blobs/%s" % (repo, d)).status == 404
+    push_blob(node, repo, data)
+    assert node.req("GET", "/v2/%s/blobs/%s" % (repo, d)).body == data

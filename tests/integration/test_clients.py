@@ -14,12 +14,12 @@ import uuid
 
 
 from itlib import (IS_DISTRIBUTION, MT_DOCKER_MANIFEST, MT_OCI_INDEX, MT_OCI_MANIFEST,
-                   OCILayout, get_manifest, make_image, run, sha256)
+                   TOOL_TIMEOUT, OCILayout, get_manifest, make_image, run, sha256)
 
 
 # ---------------------------------------------------------------- skopeo
 
-def _skopeo(skopeo, *args, timeout=120):
+def _skopeo(skopeo, *args, timeout=TOOL_TIMEOUT):
     return run([skopeo, "--insecure-policy", *args], timeout=timeout)
 
 
@@ -157,9 +157,9 @@ def test_docker_push_and_pull(node, docker, tmp_path):
     ref = "%s/%s:v1" % (node.host, repo)
     created = []
     try:
-        image_id = run([docker, "import", str(tarball), ref], timeout=120).stdout.strip()
+        image_id = run([docker, "import", str(tarball), ref], timeout=TOOL_TIMEOUT).stdout.strip()
         created.append(ref)
-        push = run([docker, "push", ref], timeout=180)
+        push = run([docker, "push", ref], timeout=2 * TOOL_TIMEOUT)
         m = re.search(r"digest: (sha256:[0-9a-f]{64})", push.stdout)
         assert m, push.stdout
         digest = m.group(1)
@@ -177,7 +177,7 @@ def test_docker_push_and_pull(node, docker, tmp_path):
         cp = run([docker, "image", "inspect", ref], check=False, timeout=30)
         assert cp.returncode != 0, "image still present after rmi"
 
-        run([docker, "pull", ref], timeout=180)
+        run([docker, "pull", ref], timeout=2 * TOOL_TIMEOUT)
         created.append(ref)
         info = json.loads(run([docker, "image", "inspect", ref], timeout=30).stdout)[0]
         assert info["Id"] == image_id

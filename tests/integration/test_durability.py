@@ -190,3 +190,27 @@ def test_sigterm_lets_an_inflight_request_finish(fresh_node):
     st = node.req("GET", loc)
     assert st.status == 204 and st.header("Range") == "0-%d" % (len(data) - 1), st
 
+
+
+@pytest.mark.georeg_only("Distribution 2.8 has no referrers API")
+def test_referrers_survive_kill9(fresh_node):
+    node = fresh_node
+    repo = "crash/ref"
+    subj = make_image(node, repo, tag="base", layers=1)
+    push_blob(node, repo, b"{}")
+    art = manifest_bytes({
+        "schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+        "artifactType": "application/vnd.example.sbom",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256(b"{}"),
+                   "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json",
+                    "digest": sha256(b"{}"), "size": 2}],
+        "subject": {"mediaType": MT_OCI_MANIFEST, "digest": subj["digest"],
+                    "size": len(subj["manifest"])}})
+    r = put_manifest(node, repo, sha256(art), art)
+    assert r.status == 201, r
+    node.kill9()
+    node.start()
+    r = node.req("GET", "/v2/%s/referrers/%s" % (repo, subj["digest"]))
+    assert r.status == 200, r
+    assert [d["digest"] for d in r.json()["manifests"]] == [sha256(art)], r

@@ -124,3 +124,32 @@ def test_idle_keepalive_connection_is_closed_after_idle_timeout(node_factory):
         assert closed, "idle keep-alive connection still open after 15 s"
     finally:
         s.close()
+
+
+@pytest.mark.georeg_only("GEOREG_HTTP_MAX_CONNECTIONS is georeg's")
+def test_connections_over_the_cap_do_not_wedge_the_node(node_factory):
+    node = node_factory(env={"GEOREG_HTTP_MAX_CONNECTIONS": "8",
+                             "GEOREG_HTTP_HEADER_TIMEOUT": "2s"})
+    socks = []
+    try:
+        for _ in range(20):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", node.port), timeout=5))
+            except OSError:
+                break
+    finally:
+        for s in socks:
+            s.close()
+    # once they are gone the node serves again (bounded wait)
+    deadline = time.monotonic() + 15
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = node.req("GET", "/v2/", timeout=3)
+            if last.status == 200:
+                break
+        except OSError as e:
+            last = e
+        time.sleep(0.2)
+    assert getattr(last, "status", None) == 200, last
+    assert node.running()
