@@ -251,10 +251,16 @@ on_url_complete(llhttp_t *p)
     return 0;
 }
 
+/* Trailer fields (after a chunked body) are ignored: by then the headers are slices
+ * into req->raw, which must not grow or move. */
+#define TRAILING(p) (((p)->flags & F_TRAILING) != 0)
+
 static int
 on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = conn_of(p);
+    if (TRAILING(p))
+        return 0;
     if (c->name_start == SIZE_MAX)
         c->name_start = c->req->raw.len;
     return raw_add(c, at, len);
@@ -265,6 +271,8 @@ on_header_field_complete(llhttp_t *p)
 {
     struct conn *c = conn_of(p);
     struct http_req *r = c->req;
+    if (TRAILING(p))
+        return 0;
     if (c->name_start == SIZE_MAX)
         c->name_start = r->raw.len;
     c->name_len = r->raw.len - c->name_start;
@@ -280,6 +288,8 @@ on_header_field_complete(llhttp_t *p)
 static int
 on_header_value(llhttp_t *p, const char *at, size_t len)
 {
+    if (TRAILING(p))
+        return 0;
     return raw_add(conn_of(p), at, len);
 }
 
@@ -288,6 +298,8 @@ on_header_value_complete(llhttp_t *p)
 {
     struct conn *c = conn_of(p);
     struct http_req *r = c->req;
+    if (TRAILING(p))
+        return 0;
     if (r->nheaders >= HTTP_MAX_HEADERS) {
         c->hdr_too_large = true;
         return HPE_USER;
