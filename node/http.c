@@ -774,8 +774,11 @@ conn_run(struct conn *c)
             }
             if (r->resp.status) {
                 bool has_body = r->chunked || (r->has_length && r->content_length > 0);
-                if (has_body)
+                if (has_body) {
+                    /* answered before the body, as in on_headers_complete */
                     r->resp.close = true;
+                    c->linger_needed = !r->expect_continue;
+                }
                 c->state = CS_HANDLING;
                 continue;
             }
