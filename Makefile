@@ -76,6 +76,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libgeoreg.a | $(DEPS_STAMP) $(PROTO_H)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $< $(BUILD)/libgeoreg.a $(LDLIBS) -lcmocka
 
+$(BUILD)/faultproxy: tests/tools/faultproxy.c | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -std=c11 -O2 -g $(WARN) -o $@ $< -luv
+
 asan:
 	$(MAKE) BUILD=build/asan SANITIZE=address,undefined OPT=-O1 all unit-bins
 
@@ -97,17 +101,19 @@ test-tools:
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
-integration: all test-tools
-	GEOREG_BIN=$(abspath $(BUILD)/georeg) $(PYTHON) -m pytest -q -rs tests/integration $(PYTEST_ARGS)
+TEST_ENV = FAULTPROXY_BIN=$(abspath build/faultproxy) GEOREG_CERTS_SCRIPT=$(abspath scripts/gen-certs.sh)
+
+integration: all build/faultproxy test-tools
+	$(TEST_ENV) GEOREG_BIN=$(abspath $(BUILD)/georeg) $(PYTHON) -m pytest -q -rs tests/integration $(PYTEST_ARGS)
 
 # make test: release build, unit + integration; then the same under ASan/UBSan.
 test: test-tools
-	$(MAKE) all unit
+	$(MAKE) all unit build/faultproxy
 	$(MAKE) asan
 	$(MAKE) BUILD=build/asan SANITIZE=address,undefined OPT=-O1 unit
-	GEOREG_BIN=$(abspath build/georeg) $(PYTHON) -m pytest -q -rs tests/integration $(PYTEST_ARGS)
-	GEOREG_BIN=$(abspath build/asan/georeg) GEOREG_ASAN=1 $(PYTHON) -m pytest -q -rs \
-	    tests/integration -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) GEOREG_BIN=$(abspath build/georeg) $(PYTHON) -m pytest -q -rs tests/integration $(PYTEST_ARGS)
+	$(TEST_ENV) GEOREG_BIN=$(abspath build/asan/georeg) GEOREG_ASAN=1 $(PYTHON) -m pytest -q -rs \
+	    tests/integration $(PYTEST_ARGS)
 
 bench:
 	bash scripts/bench/run.sh
