@@ -523,8 +523,12 @@ conn_read(struct conn *c)
             c->deadline = now_ms(w) + w->srv->cfg.body_timeout_ms;
         conn_feed(c, w->rbuf, (size_t)n);
         if (c->state == CS_BODY && c->req && c->req->body_mode == BODY_SINK &&
-            c->sink_buf[c->sink_fill].len >= SINK_CHUNK && c->job != JOB_NONE)
-            c->backpressure = true;
+            c->sink_buf[c->sink_fill].len >= SINK_CHUNK) {
+            /* a chunk is ready: conn_run hands it to the pool before we read more */
+            if (c->job != JOB_NONE)
+                c->backpressure = true;
+            break;
+        }
         if ((size_t)n < READ_BUF_SIZE)
             break;
     }
