@@ -984,7 +984,7 @@ accept_one(struct worker *w, int fd, struct sockaddr_storage *ss)
     if (n >= srv->cfg.max_connections) {
         static const char busy[] =
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            "Content-Length: 92\r\nConnection: close\r\n\r\n"
+            "Content-Length: 86\r\nConnection: close\r\n\r\n"
             "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"too many connections\","
             "\"detail\":null}]}";
         ssize_t wr = write(fd, busy, sizeof busy - 1);
