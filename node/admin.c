@@ -233,6 +233,8 @@ route_locate(struct http_req *r, slice rest)
     }
     str_copy_slice(lr->name, sizeof lr->name, name);
     str_copy_slice(lr->ref, sizeof lr->ref, ref);
+    if (!access_require(r, lr->name, ACT_PULL, NULL, 0, false))
+        return;
     r->handler = h_locate;
     r->handler_on_pool = true;
 }
@@ -248,9 +250,19 @@ admin_route(struct http_req *r)
             route_locate(r, (slice){p.ptr + 19, p.len - 19});
         return true;
     }
+    if (slice_starts_with(p, "/_georeg/v1/") &&
+        access_route(r, (slice){p.ptr + 12, p.len - 12}))
+        return true;
     if (slice_eq_cstr(p, "/_georeg/v1/replication")) {
+        if (r->method != M_GET) {
+            http_resp_error(r, ERR_METHOD, NULL, NULL);
+            return true;
+        }
+        if (!access_require(r, NULL, ACT_METADATA, NULL, 0, true))
+            return true;
         r->handler = h_replication;
         r->handler_on_pool = true;
+        return true;
     } else if (slice_eq_cstr(p, "/healthz")) {
         r->handler = h_healthz;
     } else if (slice_eq_cstr(p, "/readyz")) {

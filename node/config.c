@@ -180,7 +180,7 @@ flatten_yaml(FILE *fp, struct flat *f, char *why, size_t why_len)
 
 /* ---- known keys ---- */
 
-enum ktype { K_STR, K_INT, K_BOOL, K_DUR, K_SIZE, K_LIST, K_ROLE, K_LEVEL };
+enum ktype { K_STR, K_INT, K_BOOL, K_DUR, K_SIZE, K_LIST, K_ROLE, K_LEVEL, K_AUTH };
 
 struct key {
     const char *path; /* '#' stands for a replica index */
@@ -223,6 +223,14 @@ static const struct key keys[] = {
     {"replication.log_retention", K_INT, F(repl_log_retention)},
     {"replication.heartbeat", K_DUR, F(repl_heartbeat_ms)},
     {"replication.epoch", K_INT, F(repl_min_epoch)},
+    {"auth.mode", K_AUTH, F(auth_mode)},
+    {"auth.service", K_STR, F(auth_service)},
+    {"auth.realm", K_STR, F(auth_realm)},
+    {"auth.admin_password_file", K_STR, F(admin_password_file)},
+    {"auth.admin_enabled", K_BOOL, F(admin_enabled)},
+    {"auth.token_ttl", K_DUR, F(token_ttl_ms)},
+    {"auth.anonymous_pull", K_LIST, F(anonymous_pull)},
+    {"audit.retention", K_DUR, F(audit_retention_ms)},
 };
 
 static const struct key replica_keys[] = {
@@ -408,6 +416,16 @@ set_key(const struct key *k, const char *path, const struct flat *f, void *base,
         else
             ok = false;
         break;
+    case K_AUTH:
+        if (strcmp(v, "none") == 0)
+            *(int *)field = 0;
+        else if (strcmp(v, "basic") == 0)
+            *(int *)field = 1;
+        else if (strcmp(v, "token") == 0)
+            *(int *)field = 2;
+        else
+            ok = false;
+        break;
     case K_LEVEL: {
         int l = log_level_parse(v);
         ok = l >= 0;
@@ -429,9 +447,12 @@ set_key(const struct key *k, const char *path, const struct flat *f, void *base,
 static bool
 known_path(const char *path)
 {
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        if (strcmp(keys[i].path, path) == 0)
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        size_t l = strlen(keys[i].path);
+        if (strncmp(keys[i].path, path, l) == 0 &&
+            (path[l] == '\0' || (keys[i].type == K_LIST && path[l] == '.')))
             return true;
+    }
     const char *pre = "replication.replicas.";
     if (strncmp(path, pre, strlen(pre)) == 0) {
         const char *p = path + strlen(pre);
@@ -474,6 +495,9 @@ cfg_defaults(struct cfg *c)
     c->repl_chunk_bytes = 1u << 20;
     c->repl_log_retention = 1000000;
     c->repl_heartbeat_ms = 1000;
+    c->admin_enabled = true;
+    c->token_ttl_ms = 300000;
+    c->audit_retention_ms = 30ull * 86400 * 1000;
 }
 
 void
@@ -485,6 +509,7 @@ cfg_release(struct cfg *c)
         list_clear(&c->replicas[i].include_tags);
         list_clear(&c->replicas[i].exclude_tags);
     }
+    list_clear(&c->anonymous_pull);
 }
 
 err

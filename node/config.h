@@ -68,6 +68,18 @@ struct cfg {
     uint64_t repl_min_epoch;
     struct cfg_replica replicas[CFG_MAX_REPLICAS];
     size_t nreplicas;
+
+    /* auth */
+    int auth_mode; /* enum auth_mode */
+    char auth_service[128];
+    char auth_realm[512];
+    char admin_password_file[1024];
+    bool admin_enabled;
+    uint64_t token_ttl_ms;
+    struct cfg_globs anonymous_pull;
+
+    /* audit */
+    uint64_t audit_retention_ms;
 };
 
 /* cfg_defaults fills c with the built-in defaults. */

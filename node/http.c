@@ -197,6 +197,7 @@ req_free(struct http_req *r)
         return;
     if (r->app_free)
         r->app_free(r);
+    free(r->access);
     if (r->resp.fd >= 0)
         close(r->resp.fd);
     buf_release(&r->body);
@@ -356,6 +357,10 @@ on_headers_complete(llhttp_t *p)
     c->deadline = 0;
 
     srv->on_headers(r);
+
+    if (!r->resp.status && r->body_mode == BODY_BUFFER && r->has_length &&
+        r->content_length > r->body_limit)
+        http_resp_error(r, ERR_BODY_TOO_LARGE, NULL, NULL); /* refuse before reading it */
 
     bool has_body = r->chunked || (r->has_length && r->content_length > 0);
     if (r->resp.status) {

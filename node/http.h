@@ -82,6 +82,8 @@ struct http_req {
 
     /* application scratch space, zeroed per request */
     char scratch[2048];
+    void *access;                       /* app: who the client is (freed with free()) */
+    http_step_fn pre_body_next;         /* app: a pre_body step chained after another */
     void *app_state;                    /* owned by the app; freed by app_free */
     void (*app_free)(struct http_req *r);
 

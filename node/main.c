@@ -1,5 +1,6 @@
 /* The georeg command: `serve` runs a node; the other commands talk to a running
  * node over its HTTP API. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +89,8 @@ cmd_serve(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
+    /* a peer that goes away must cost us an EPIPE, not the process */
+    signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
         usage(stderr);
         return 2;

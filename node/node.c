@@ -68,6 +68,35 @@ open_repl(struct node *n)
     return repl_new(n->store, &o, &n->repl);
 }
 
+static err
+open_auth(struct node *n)
+{
+    const struct cfg *c = n->cfg;
+    char realm[700];
+    if (c->auth_realm[0])
+        str_copy(realm, sizeof realm, c->auth_realm);
+    else if (c->public_url[0])
+        snprintf(realm, sizeof realm, "%s/_georeg/v1/token", c->public_url);
+    else
+        snprintf(realm, sizeof realm, "http://%s/_georeg/v1/token", c->listen);
+    struct auth_options o = {
+        .mode = (enum auth_mode)c->auth_mode,
+        .service = c->auth_service,
+        .realm = realm,
+        .issuer = c->name,
+        .data_dir = c->data_dir,
+        .admin_password_file = c->admin_password_file,
+        .admin_enabled = c->admin_enabled,
+        .token_ttl_s = c->token_ttl_ms / 1000,
+        .anonymous_pull = (const char *const *)c->anonymous_pull.items,
+        .nanonymous_pull = c->anonymous_pull.n,
+    };
+    if (o.mode == AUTH_NONE)
+        log_warn("AUTH-NONE", "msg=\"auth.mode is none: anyone who reaches this node may push "
+                              "and delete (development only)\"");
+    return auth_new(n->store, &o, &n->auth);
+}
+
 err
 node_open(const struct cfg *cfg, struct node **out)
 {
@@ -77,6 +106,9 @@ node_open(const struct cfg *cfg, struct node **out)
         return ERR_NOMEM;
     n->cfg = cfg;
     n->started_ms = wall_ms();
+    pthread_mutex_init(&n->audit_mu, NULL);
+    pthread_mutex_init(&n->audit_flush_mu, NULL);
+    buf_init(&n->audit_queue);
     struct store_options so = {.inline_max = cfg->inline_max, .cache_bytes = cfg->cache_bytes};
     if ((e = store_open(cfg->data_dir, &so, &n->store)))
         goto fail;
@@ -92,6 +124,8 @@ node_open(const struct cfg *cfg, struct node **out)
     if ((e = http_server_new(&hc, oci_on_headers, n, &n->http)))
         goto fail;
     if ((e = open_repl(n)))
+        goto fail;
+    if ((e = open_auth(n)))
         goto fail;
     *out = n;
     return ERR_OK;
@@ -110,6 +144,7 @@ struct run_ctx {
     struct node *n;
     uv_signal_t sigterm, sigint;
     uv_timer_t housekeeping;
+    uv_timer_t audit;
     int signo;
 };
 
@@ -140,6 +175,37 @@ housekeeping_work(uv_work_t *w)
         last_purge = now;
     }
     repl_housekeeping(n->repl);
+    static _Thread_local uint64_t last_trim;
+    if (now - last_trim >= 600) {
+        uint64_t keep_ms = n->cfg->audit_retention_ms;
+        uint64_t now_us = (uint64_t)now * 1000000;
+        if (keep_ms && now_us > keep_ms * 1000)
+            store_audit_trim(n->store, now_us - keep_ms * 1000);
+        last_trim = now;
+    }
+}
+
+static void
+audit_work(uv_work_t *w)
+{
+    audit_flush(w->data);
+}
+
+static void
+on_audit_timer(uv_timer_t *t)
+{
+    struct run_ctx *rc = t->data;
+    pthread_mutex_lock(&rc->n->audit_mu);
+    bool empty = rc->n->audit_queue.len == 0;
+    pthread_mutex_unlock(&rc->n->audit_mu);
+    if (empty)
+        return;
+    uv_work_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return;
+    w->data = rc->n;
+    if (uv_queue_work(t->loop, w, audit_work, on_upload_purge_done) != 0)
+        free(w);
 }
 
 static void
@@ -176,6 +242,9 @@ node_run(struct node *n)
     uv_timer_init(&loop, &rc.housekeeping);
     rc.housekeeping.data = &rc;
     uv_timer_start(&rc.housekeeping, on_housekeeping, 5000, 5000);
+    uv_timer_init(&loop, &rc.audit);
+    rc.audit.data = &rc;
+    uv_timer_start(&rc.audit, on_audit_timer, 200, 200);
     atomic_store(&n->ready, true);
     log_info("NODE-READY", "name=%s role=%s data=%s port=%d", n->cfg->name,
              repl_is_primary(n->repl) ? "primary" : "secondary", n->cfg->data_dir,
@@ -189,6 +258,7 @@ node_run(struct node *n)
     uv_close((uv_handle_t *)&rc.sigterm, NULL);
     uv_close((uv_handle_t *)&rc.sigint, NULL);
     uv_close((uv_handle_t *)&rc.housekeeping, NULL);
+    uv_close((uv_handle_t *)&rc.audit, NULL);
     uv_run(&loop, UV_RUN_DEFAULT); /* pending purge work and close callbacks */
 out:
     uv_loop_close(&loop);
@@ -200,8 +270,14 @@ node_close(struct node *n)
 {
     if (!n)
         return;
+    if (n->store)
+        audit_flush(n);
     repl_free(n->repl);
+    auth_free(n->auth);
     http_server_free(n->http);
     store_close(n->store);
+    buf_release(&n->audit_queue);
+    pthread_mutex_destroy(&n->audit_mu);
+    pthread_mutex_destroy(&n->audit_flush_mu);
     free(n);
 }

@@ -8,7 +8,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <pthread.h>
+
 #include "../storage/store.h"
+#include "auth.h"
 #include "config.h"
 #include "http.h"
 
@@ -21,6 +24,10 @@ struct node {
     const struct cfg *cfg;
     store *store;
     http_server *http;
+    auth *auth;
+    pthread_mutex_t audit_mu, audit_flush_mu;
+    buf audit_queue; /* JSON lines waiting for audit_flush */
+    uint64_t audit_dropped;
     struct repl *repl; /* NULL on a single node without replication */
     _Atomic bool ready;
     _Atomic unsigned locate_waiters;
@@ -39,6 +46,26 @@ void node_close(struct node *n);
 /* node_writable: this node accepts pushes. When it does not, primary_url (len
  * bytes) receives where to push (may be empty). */
 bool node_writable(struct node *n, char *primary_url, size_t len);
+
+/* access_require checks that the request's client may do actions on repo (and
+ * actions2 on repo2); login: an identified client is needed even without actions.
+ * false when it answered (401, 403, 429); true to proceed (the check may finish on
+ * the pool, as a pre_body step). */
+bool access_require(struct http_req *r, const char *repo, unsigned actions, const char *repo2,
+                    unsigned actions2, bool login);
+/* access_who: the identified client (NULL when auth is off or not yet known). */
+const struct auth_principal *access_who(struct http_req *r);
+/* access_actor: the client's name for logs and audit ("-" when unknown). */
+const char *access_actor(struct http_req *r);
+/* access_route handles token, users, tokens, service-principals and audit under
+ * /_georeg/v1/ (rest is the path after it); false when it is none of them. */
+bool access_route(struct http_req *r, slice rest);
+
+/* audit_log queues one audit entry (who, from where, what, result); r may be NULL. */
+void audit_log(struct node *n, struct http_req *r, const char *action, const char *repo,
+               const char *ref, const char *digest, int status, const char *detail);
+/* audit_flush writes queued entries to the store (blocking: call on the pool). */
+void audit_flush(struct node *n);
 
 /* oci_on_headers routes a request (the HTTP server's on_headers). */
 void oci_on_headers(struct http_req *r);

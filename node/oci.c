@@ -87,6 +87,7 @@ struct list_out {
     buf *b;
     size_t count;
     char last[REF_NAME_MAX + 1];
+    struct http_req *filter; /* catalog: only repositories the client may read */
 };
 
 static bool
@@ -94,6 +95,16 @@ on_list_item(void *arg, slice key, slice value)
 {
     struct list_out *o = arg;
     (void)value;
+    if (o->filter) {
+        const struct auth_principal *who = access_who(o->filter);
+        struct node *nd = o->filter->app;
+        char repo[REF_NAME_MAX + 1];
+        str_copy_slice(repo, sizeof repo, key);
+        str_copy(o->last, sizeof o->last, repo);
+        if (who && !auth_allows(nd->auth, who, repo, ACT_PULL) &&
+            !auth_allows(nd->auth, who, repo, ACT_METADATA))
+            return true;
+    }
     if (o->count++)
         buf_addc(o->b, ',');
     buf_add_json_str(o->b, key.ptr, key.len);
@@ -130,7 +141,7 @@ h_catalog(struct http_req *r, bool nowait)
         return ERR_OK;
     }
     buf b = BUF_INIT;
-    struct list_out o = {.b = &b};
+    struct list_out o = {.b = &b, .filter = r};
     buf_adds(&b, "{\"repositories\":[");
     err e = n ? store_catalog_list(nd->store, has_last ? last : NULL, n, on_list_item, &o, &more)
               : ERR_OK;
@@ -214,6 +225,8 @@ h_manifest_get(struct http_req *r, bool nowait)
     buf_release(&r->resp.body);
     r->resp.body = m.body; /* moved */
     atomic_fetch_add(&nd->metrics.manifest_pulls, 1);
+    if (r->method == M_GET)
+        audit_log(nd, r, "pull", rt->name, rt->ref, m.digest, 200, NULL);
     return ERR_OK;
 }
 
@@ -270,8 +283,10 @@ h_manifest_put(struct http_req *r, bool nowait)
     e = store_manifest_put(nd->store, &mp, missing);
     if (e) {
         http_resp_error(r, e, NULL, missing[0] ? missing : NULL);
+        audit_log(nd, r, "push", rt->name, rt->ref, digest, err_http_status(e), err_name(e));
         goto out;
     }
+    audit_log(nd, r, "push", rt->name, rt->ref, digest, 201, NULL);
     atomic_fetch_add(&nd->metrics.manifest_pushes, 1);
     log_debug("OCI-MANIFEST-PUT", "repo=%s ref=%s digest=%s", rt->name, rt->ref, digest);
     answer_empty(r, 201);
@@ -297,9 +312,11 @@ h_manifest_delete(struct http_req *r, bool nowait)
                 : store_tag_delete(nd->store, rt->name, rt->ref);
     if (e) {
         http_resp_error(r, e, NULL, rt->ref);
+        audit_log(nd, r, "delete", rt->name, rt->ref, NULL, err_http_status(e), err_name(e));
         return ERR_OK;
     }
     atomic_fetch_add(&nd->metrics.deletes, 1);
+    audit_log(nd, r, "delete", rt->name, rt->ref, NULL, 202, NULL);
     answer_empty(r, 202);
     return ERR_OK;
 }
@@ -411,6 +428,7 @@ h_blob_delete(struct http_req *r, bool nowait)
     struct route *rt = route_of(r);
     (void)nowait;
     err e = store_blob_delete(nd->store, rt->name, rt->ref);
+    audit_log(nd, r, "delete.blob", rt->name, NULL, rt->ref, e ? err_http_status(e) : 202, NULL);
     if (e) {
         http_resp_error(r, e, NULL, rt->ref);
         return ERR_OK;
@@ -535,6 +553,8 @@ finish_upload(struct http_req *r)
     store_upload *up = u->u;
     u->u = NULL; /* finish releases or consumes it */
     err e = store_upload_finish(nd->store, up, rt->digest, &size);
+    audit_log(nd, r, "push.blob", rt->name, NULL, rt->digest, e ? err_http_status(e) : 201,
+              e ? err_name(e) : NULL);
     if (e) {
         http_resp_error(r, e, NULL, rt->digest);
         return;
@@ -575,10 +595,14 @@ h_upload_start(struct http_req *r, bool nowait)
     struct node *nd = node_of(r);
     struct route *rt = route_of(r);
     (void)nowait;
+    const struct auth_principal *who = access_who(r);
+    if (rt->mount && who && !auth_allows(nd->auth, who, rt->mount_from, ACT_PULL))
+        rt->mount = false; /* may not read the source: a plain upload, as the spec says */
     if (rt->mount) {
         err e = store_blob_mount(nd->store, rt->name, rt->mount_from, rt->digest);
         if (!e) {
             atomic_fetch_add(&nd->metrics.mounts, 1);
+            audit_log(nd, r, "push.blob", rt->name, NULL, rt->digest, 201, "mounted");
             answer_empty(r, 201);
             location(r, "blobs", rt->digest);
             http_resp_header(r, "Docker-Content-Digest", "%s", rt->digest);
@@ -944,14 +968,49 @@ route_v2(struct http_req *r, slice p)
     http_resp_error(r, ERR_ROUTE_UNKNOWN, NULL, NULL);
 }
 
+/* authorize_v2 states what a routed /v2/ request needs and checks it. */
+static void
+authorize_v2(struct http_req *r)
+{
+    struct route *rt = route_of(r);
+    unsigned act = 0;
+    bool login = false;
+    switch (rt->kind) {
+    case R_BASE:
+    case R_CATALOG:
+        login = true;
+        break;
+    case R_TAGS:
+        act = ACT_PULL;
+        break;
+    case R_MANIFEST:
+    case R_BLOB:
+        act = r->method == M_DELETE ? ACT_DELETE
+              : r->method == M_PUT  ? ACT_PUSH
+                                    : ACT_PULL;
+        break;
+    case R_REFERRERS:
+        act = ACT_PULL;
+        break;
+    case R_UPLOAD_START:
+    case R_UPLOAD:
+        act = ACT_PUSH;
+        break;
+    }
+    access_require(r, rt->kind == R_BASE || rt->kind == R_CATALOG ? NULL : rt->name, act, NULL, 0,
+                   login);
+}
+
 void
 oci_on_headers(struct http_req *r)
 {
     slice p = r->path;
-    if (slice_starts_with(p, "/v2/"))
-        return route_v2(r, (slice){p.ptr + 4, p.len - 4});
-    if (slice_eq_cstr(p, "/v2"))
-        return route_v2(r, (slice){"", 0});
+    if (slice_starts_with(p, "/v2/") || slice_eq_cstr(p, "/v2")) {
+        route_v2(r, p.len > 4 ? (slice){p.ptr + 4, p.len - 4} : (slice){"", 0});
+        if (!r->resp.status && r->handler)
+            authorize_v2(r);
+        return;
+    }
     if (admin_route(r))
         return;
     http_resp_error(r, ERR_ROUTE_UNKNOWN, NULL, NULL);

@@ -1,5 +1,6 @@
 /* The secondary's side of the store: applying the primary's events in order and
  * idempotently, resync from a snapshot, and the primary's snapshot stream. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -114,6 +115,7 @@ apply_locked(store *s, rocksdb_writebatch_t *wb, const struct store_event *ev,
         buf_release(&k);
         struct store_event le = *ev;
         le.seq = seq;
+        atomic_fetch_add(&s->rmeta_version, 1);
         return commit_locked(s, wb, &le);
     }
     }
@@ -402,4 +404,184 @@ store_log_event_time(store *s, uint64_t seq)
     uint64_t t = 0;
     store_log_read(s, seq, 1, on_time, &t);
     return t;
+}
+
+/* ---- replicated metadata ---- */
+
+static err
+rmeta_key(buf *k, const char *key)
+{
+    buf_reset(k);
+    return buf_addf(k, "r/%s", key);
+}
+
+err
+store_rmeta_put(store *s, const char *key, const void *val, size_t len)
+{
+    buf k = BUF_INIT;
+    err e = rmeta_key(&k, key);
+    if (e)
+        return e;
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    batch_put(s, wb, CF_DEFAULT, k.ptr, k.len, val, len);
+    struct store_event ev = {.type = EV_META_PUT,
+                             .tag = slice_of_cstr(key),
+                             .body = {val, len},
+                             .size = len};
+    pthread_mutex_lock(&s->commit_mu);
+    e = commit_locked(s, wb, &ev);
+    atomic_fetch_add(&s->rmeta_version, 1);
+    pthread_mutex_unlock(&s->commit_mu);
+    rocksdb_writebatch_destroy(wb);
+    buf_release(&k);
+    return e;
+}
+
+uint64_t
+store_rmeta_version(store *s)
+{
+    return atomic_load(&s->rmeta_version);
+}
+
+err
+store_rmeta_delete(store *s, const char *key)
+{
+    buf k = BUF_INIT;
+    err e = rmeta_key(&k, key);
+    if (e)
+        return e;
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    pthread_mutex_lock(&s->commit_mu);
+    e = rget(s, CF_DEFAULT, 0, k.ptr, k.len, NULL);
+    if (!e) {
+        batch_del(s, wb, CF_DEFAULT, k.ptr, k.len);
+        struct store_event ev = {.type = EV_META_DELETE, .tag = slice_of_cstr(key)};
+        e = commit_locked(s, wb, &ev);
+        atomic_fetch_add(&s->rmeta_version, 1);
+    }
+    pthread_mutex_unlock(&s->commit_mu);
+    rocksdb_writebatch_destroy(wb);
+    buf_release(&k);
+    return e;
+}
+
+err
+store_rmeta_get(store *s, const char *key, unsigned flags, buf *out)
+{
+    buf k = BUF_INIT;
+    err e = rmeta_key(&k, key);
+    if (!e)
+        e = rget(s, CF_DEFAULT, flags, k.ptr, k.len, out);
+    buf_release(&k);
+    return e;
+}
+
+struct rmeta_list {
+    store_list_cb cb;
+    void *arg;
+};
+
+err
+store_rmeta_list(store *s, const char *prefix, store_list_cb cb, void *arg)
+{
+    buf k = BUF_INIT;
+    err e = rmeta_key(&k, prefix);
+    if (e)
+        return e;
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_DEFAULT]);
+    for (rocksdb_iter_seek(it, k.ptr, k.len); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const char *key = rocksdb_iter_key(it, &kl);
+        const char *val = rocksdb_iter_value(it, &vl);
+        if (kl < k.len || memcmp(key, k.ptr, k.len) != 0)
+            break;
+        if (!cb(arg, (slice){key + 2, kl - 2}, (slice){val, vl}))
+            break;
+    }
+    char *msg = NULL;
+    rocksdb_iter_get_error(it, &msg);
+    rocksdb_iter_destroy(it);
+    buf_release(&k);
+    return rdb_err("rmeta_list", msg);
+}
+
+/* ---- audit ---- */
+
+err
+store_audit_append(store *s, const slice *entries, size_t n)
+{
+    if (!n)
+        return ERR_OK;
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    pthread_mutex_lock(&s->audit_mu);
+    uint64_t now = store_now_ms() * 1000;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t t = now > s->audit_last_us ? now : s->audit_last_us + 1;
+        s->audit_last_us = t;
+        char k[8];
+        put_u64be(k, t);
+        batch_put(s, wb, CF_AUDIT, k, 8, entries[i].ptr, entries[i].len);
+    }
+    pthread_mutex_unlock(&s->audit_mu);
+    char *msg = NULL;
+    rocksdb_write(s->db, s->wo_nosync, wb, &msg);
+    rocksdb_writebatch_destroy(wb);
+    return rdb_err("audit_append", msg);
+}
+
+err
+store_audit_query(store *s, uint64_t since_us, uint64_t until_us, const char *after, size_t max,
+                  store_list_cb cb, void *arg, bool *more)
+{
+    char start[8];
+    uint64_t from = since_us;
+    if (after) {
+        uint64_t a = strtoull(after, NULL, 16);
+        if (a + 1 > from)
+            from = a + 1;
+    }
+    put_u64be(start, from);
+    *more = false;
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_AUDIT]);
+    size_t count = 0;
+    for (rocksdb_iter_seek(it, start, 8); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const char *key = rocksdb_iter_key(it, &kl);
+        const char *val = rocksdb_iter_value(it, &vl);
+        if (kl != 8)
+            continue;
+        uint64_t t = get_u64be(key);
+        if (until_us && t >= until_us)
+            break;
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)t);
+        if (!cb(arg, (slice){hex, 16}, (slice){val, vl}))
+            continue; /* filtered out by the caller: does not count */
+        if (++count == max) {
+            /* is there anything after this one? */
+            rocksdb_iter_next(it);
+            *more = rocksdb_iter_valid(it);
+            if (*more && until_us) {
+                size_t nl;
+                const char *nk = rocksdb_iter_key(it, &nl);
+                *more = nl == 8 && get_u64be(nk) < until_us;
+            }
+            break;
+        }
+    }
+    char *msg = NULL;
+    rocksdb_iter_get_error(it, &msg);
+    rocksdb_iter_destroy(it);
+    return rdb_err("audit_query", msg);
+}
+
+err
+store_audit_trim(store *s, uint64_t before_us)
+{
+    char a[8], b[8];
+    put_u64be(a, 0);
+    put_u64be(b, before_us);
+    char *msg = NULL;
+    rocksdb_delete_range_cf(s->db, s->wo_nosync, s->cf[CF_AUDIT], a, 8, b, 8, &msg);
+    return rdb_err("audit_trim", msg);
 }

@@ -27,6 +27,7 @@ static const char *const cf_names[CF__COUNT] = {
     [CF_UPLOADS] = "uploads",
     [CF_REPLOG] = "replog",
     [CF_REPOS] = "repos",
+    [CF_AUDIT] = "audit",
 };
 
 /* ---- small encoders ---- */
@@ -299,6 +300,7 @@ store_open(const char *dir, const struct store_options *opt, store **out)
         return ERR_NOMEM;
     pthread_mutex_init(&s->commit_mu, NULL);
     pthread_mutex_init(&s->uploads_mu, NULL);
+    pthread_mutex_init(&s->audit_mu, NULL);
     s->inline_max = opt && opt->inline_max ? opt->inline_max : 64 * 1024;
     if (!str_copy(s->dir, sizeof s->dir, dir)) {
         e = ERR_INVALID;
@@ -377,6 +379,7 @@ store_close(store *s)
         rocksdb_cache_destroy(s->cache);
     pthread_mutex_destroy(&s->commit_mu);
     pthread_mutex_destroy(&s->uploads_mu);
+    pthread_mutex_destroy(&s->audit_mu);
     free(s);
 }
 

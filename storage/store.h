@@ -269,4 +269,37 @@ err store_manifest_seq(store *s, const char *repo, const char *ref, char digest[
 /* store_log_event_time: commit time (ms) of event seq, 0 when not in the log. */
 uint64_t store_log_event_time(store *s, uint64_t seq);
 
+/* ---- replicated metadata (identities, policies) ---- */
+
+/* store_rmeta_put stores key=value and logs a META_PUT event in the same synced
+ * batch, so every secondary gets it through replication. Primary only. */
+err store_rmeta_put(store *s, const char *key, const void *val, size_t len);
+/* store_rmeta_delete removes key (and logs META_DELETE). ERR_NOT_FOUND when absent. */
+err store_rmeta_delete(store *s, const char *key);
+/* store_rmeta_get copies the value of key into out; ERR_NOT_FOUND when absent;
+ * ERR_WOULDBLOCK under STORE_NOWAIT when it is not in memory. */
+err store_rmeta_get(store *s, const char *key, unsigned flags, buf *out);
+/* store_rmeta_list calls cb(key, value) for every key starting with prefix. */
+err store_rmeta_list(store *s, const char *prefix, store_list_cb cb, void *arg);
+/* store_rmeta_version: a counter that changes whenever replicated metadata changes
+ * on this node (locally or applied from the primary); caches compare it. */
+uint64_t store_rmeta_version(store *s);
+
+/* ---- audit log (per node, not replicated) ---- */
+
+/* store_audit_append stores n JSON entries (one batch, not synced: the audit log is
+ * flushed often but never on a client's critical path). Each gets a key of the
+ * current time in microseconds, strictly increasing. */
+err store_audit_append(store *s, const slice *entries, size_t n);
+/* store_audit_query calls cb(key, entry) in time order for entries with
+ * since_us <= time < until_us (until 0: no bound), starting after the opaque cursor
+ * `after` (hex key of the last entry seen, NULL: from since). Here cb returns true
+ * when it took the entry (it counts toward max) and false to skip it (a filter).
+ * *more tells whether the range holds more after the max-th taken entry. The key
+ * given to cb is the entry's hex cursor. */
+err store_audit_query(store *s, uint64_t since_us, uint64_t until_us, const char *after,
+                      size_t max, store_list_cb cb, void *arg, bool *more);
+/* store_audit_trim deletes entries older than before_us. */
+err store_audit_trim(store *s, uint64_t before_us);
+
 #endif

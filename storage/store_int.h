@@ -4,6 +4,7 @@
 #define GEOREG_STORE_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <rocksdb/c.h>
 
 #include "store.h"
@@ -20,6 +21,7 @@ enum store_cf {
     CF_UPLOADS,        /* upload id -> session record */
     CF_REPLOG,         /* big-endian seq -> event */
     CF_REPOS,          /* repo -> creation time (the catalog) */
+    CF_AUDIT,          /* big-endian time_us + counter -> JSON entry (per node) */
     CF__COUNT
 };
 
@@ -51,6 +53,11 @@ struct store {
     pthread_mutex_t uploads_mu;
     struct store_upload *uploads[UPLOAD_BUCKETS];
     size_t nuploads;
+
+    _Atomic uint64_t rmeta_version;
+
+    pthread_mutex_t audit_mu;
+    uint64_t audit_last_us; /* audit keys are strictly increasing */
 };
 
 void put_u64le(char *p, uint64_t v);
