@@ -208,6 +208,12 @@ static const struct key keys[] = {
     {"http.public_url", K_STR, F(public_url)},
     {"http.tls.cert", K_STR, F(http_tls.cert)},
     {"http.tls.key", K_STR, F(http_tls.key)},
+    {"http.allow", K_LIST, F(http_allow)},
+    {"http.enabled", K_BOOL, F(http_enabled)},
+    {"http.private.listen", K_STR, F(private_listen)},
+    {"http.private.allow", K_LIST, F(private_allow)},
+    {"http.private.tls.cert", K_STR, F(private_tls.cert)},
+    {"http.private.tls.key", K_STR, F(private_tls.key)},
     {"storage.inline_max", K_SIZE, F(inline_max)},
     {"storage.cache_size", K_SIZE, F(cache_bytes)},
     {"storage.upload_max_age", K_DUR, F(upload_max_age_s)},
@@ -496,6 +502,7 @@ cfg_defaults(struct cfg *c)
     c->repl_log_retention = 1000000;
     c->repl_heartbeat_ms = 1000;
     c->admin_enabled = true;
+    c->http_enabled = true;
     c->token_ttl_ms = 300000;
     c->audit_retention_ms = 30ull * 86400 * 1000;
 }
@@ -510,6 +517,8 @@ cfg_release(struct cfg *c)
         list_clear(&c->replicas[i].exclude_tags);
     }
     list_clear(&c->anonymous_pull);
+    list_clear(&c->http_allow);
+    list_clear(&c->private_allow);
 }
 
 err
@@ -559,6 +568,11 @@ cfg_load(struct cfg *c, const char *path, char *why, size_t why_len)
             goto out;
         }
         c->nreplicas++;
+    }
+    if (!c->http_enabled && !c->private_listen[0]) {
+        snprintf(why, why_len, "http.enabled is false but no http.private.listen is set");
+        e = ERR_CONFIG;
+        goto out;
     }
     if (c->max_manifest_bytes < 1024 || c->max_header_bytes < 1024) {
         snprintf(why, why_len, "http.max_manifest_bytes and max_header_bytes must be >= 1 KiB");

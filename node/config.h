@@ -49,6 +49,11 @@ struct cfg {
     uint64_t max_header_bytes, max_manifest_bytes;
     char public_url[256];
     struct cfg_tls http_tls;
+    struct cfg_globs http_allow; /* CIDRs for the public listener (none: any) */
+    bool http_enabled;           /* false: no public listener (private endpoint only) */
+    char private_listen[128];
+    struct cfg_globs private_allow;
+    struct cfg_tls private_tls;
 
     /* storage */
     uint64_t inline_max;

@@ -6,8 +6,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <llhttp.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,10 +31,12 @@
 #define SENDFILE_STEP (4u << 20)
 #define INLINE_BODY_MAX (16u << 10) /* memory bodies copied next to the headers */
 #define SWEEP_MS 250
+#define TLS_FILE_BUF (64u << 10) /* file bodies are read and encrypted in pieces */
 #define LINGER_MS 3000
 #define LINGER_MAX_BYTES (64u << 20)
 
 enum conn_state {
+    CS_TLS,      /* TLS handshake (header timeout) */
     CS_IDLE,     /* keep-alive: waiting for a request (idle timeout) */
     CS_HEADERS,  /* reading request line and headers (header timeout) */
     CS_PRE_BODY, /* the request's pre_body step runs on the pool; reading paused */
@@ -85,6 +90,36 @@ struct conn {
     size_t out_off;
     bool file_sending;
     char peer[64];
+
+    /* TLS */
+    unsigned lidx; /* listener */
+    SSL *ssl;
+    bool tls_want_write; /* the TLS layer needs the socket writable to go on */
+    char *tbuf;          /* file body piece being encrypted */
+    size_t tbuf_len, tbuf_off;
+};
+
+struct cidr {
+    int family;
+    unsigned char addr[16];
+    unsigned prefix;
+};
+
+struct listener {
+    char name[32];
+    char host[128];
+    int port;
+    char cert[1024], key[1024];
+    bool tls;
+    uv_mutex_t ctx_mu;
+    SSL_CTX *ctx; /* under ctx_mu; SSL objects hold their own reference */
+    struct cidr allow[HTTP_MAX_CIDRS];
+    size_t nallow;
+};
+
+struct lref {
+    struct worker *w;
+    unsigned idx;
 };
 
 struct worker {
@@ -92,8 +127,9 @@ struct worker {
     unsigned idx;
     uv_loop_t loop;
     uv_thread_t thread;
-    int listen_fd;
-    uv_poll_t listen_poll;
+    int listen_fd[HTTP_MAX_LISTENERS];
+    uv_poll_t listen_poll[HTTP_MAX_LISTENERS];
+    struct lref lref[HTTP_MAX_LISTENERS];
     uv_async_t wake;
     uv_timer_t sweep;
     struct conn *conns;
@@ -107,8 +143,8 @@ struct worker {
 
 struct http_server {
     struct http_config cfg;
-    char host[128];
-    int port;
+    struct listener lis[HTTP_MAX_LISTENERS];
+    size_t nlis;
     void (*on_headers)(struct http_req *r);
     void *app;
     struct worker *workers;
@@ -121,6 +157,7 @@ struct http_server {
 
 static void conn_run(struct conn *c);
 static void conn_close(struct conn *c);
+static bool conn_send_all(struct conn *c, const char *p, size_t n);
 static void conn_update_poll(struct conn *c);
 
 /* ---- small helpers ---- */
@@ -187,6 +224,8 @@ req_new(struct conn *c)
     buf_init(&r->resp.headers);
     buf_init(&r->resp.body);
     str_copy(r->peer, sizeof r->peer, c->peer);
+    r->listener = c->w->srv->lis[c->lidx].name;
+    r->tls = c->ssl != NULL;
     return r;
 }
 
@@ -390,8 +429,7 @@ on_headers_complete(llhttp_t *p)
     }
     if (has_body && r->expect_continue) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        ssize_t n = write(c->fd, cont, sizeof cont - 1);
-        if (n != (ssize_t)sizeof cont - 1)
+        if (!conn_send_all(c, cont, sizeof cont - 1))
             return HPE_USER;
     }
     c->state = CS_BODY;
@@ -442,6 +480,76 @@ on_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* ---- socket I/O, plain or TLS ---- */
+
+/* conn_recv: >0 bytes, 0 at EOF, -1 with errno (EAGAIN: try again later). */
+static ssize_t
+conn_recv(struct conn *c, char *p, size_t n)
+{
+    if (!c->ssl)
+        return read(c->fd, p, n);
+    ERR_clear_error();
+    int k = SSL_read(c->ssl, p, (int)(n > INT_MAX ? INT_MAX : n));
+    if (k > 0)
+        return k;
+    switch (SSL_get_error(c->ssl, k)) {
+    case SSL_ERROR_WANT_READ:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_WANT_WRITE:
+        c->tls_want_write = true;
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    default:
+        errno = EIO;
+        return -1;
+    }
+}
+
+/* conn_send: bytes written (maybe fewer than n), or -1 with errno. */
+static ssize_t
+conn_send(struct conn *c, const void *p, size_t n)
+{
+    if (!c->ssl)
+        return write(c->fd, p, n);
+    ERR_clear_error();
+    int k = SSL_write(c->ssl, p, (int)(n > INT_MAX ? INT_MAX : n));
+    if (k > 0)
+        return k;
+    int e = SSL_get_error(c->ssl, k);
+    errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
+    return -1;
+}
+
+static ssize_t
+conn_sendv(struct conn *c, struct iovec *iov, int n)
+{
+    if (!c->ssl)
+        return writev(c->fd, iov, n);
+    for (int i = 0; i < n; i++)
+        if (iov[i].iov_len)
+            return conn_send(c, iov[i].iov_base, iov[i].iov_len);
+    return 0;
+}
+
+/* conn_send_all writes a small interim answer (100 Continue) completely or fails. */
+static bool
+conn_send_all(struct conn *c, const char *p, size_t n)
+{
+    for (int tries = 0; n && tries < 100; tries++) {
+        ssize_t k = conn_send(c, p, n);
+        if (k > 0) {
+            p += k;
+            n -= (size_t)k;
+        } else if (k < 0 && errno != EAGAIN && errno != EINTR) {
+            return false;
+        }
+    }
+    return n == 0;
+}
+
 /* ---- reading ---- */
 
 /* conn_feed parses bytes; anything after a pause point is kept in c->pending. */
@@ -490,11 +598,13 @@ conn_linger_read(struct conn *c)
 {
     struct worker *w = c->w;
     for (;;) {
-        ssize_t n = read(c->fd, w->rbuf, READ_BUF_SIZE);
+        ssize_t n = conn_recv(c, w->rbuf, READ_BUF_SIZE);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            conn_update_poll(c);
             return;
+        }
         if (n <= 0 || (c->lingered += (uint64_t)n) > LINGER_MAX_BYTES) {
             conn_close(c);
             return;
@@ -502,16 +612,45 @@ conn_linger_read(struct conn *c)
     }
 }
 
+static void conn_read(struct conn *c);
+
+static void
+tls_handshake(struct conn *c)
+{
+    ERR_clear_error();
+    int k = SSL_do_handshake(c->ssl);
+    if (k == 1) {
+        c->tls_want_write = false;
+        c->state = CS_IDLE;
+        c->deadline = now_ms(c->w) + c->w->srv->cfg.idle_timeout_ms;
+        conn_read(c); /* the first request may already be here */
+        return;
+    }
+    int e = SSL_get_error(c->ssl, k);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        c->tls_want_write = e == SSL_ERROR_WANT_WRITE;
+        conn_update_poll(c);
+        return;
+    }
+    log_debug("HTTP-TLS-HANDSHAKE", "peer=%s error=\"%s\"", c->peer,
+              ERR_peek_last_error() ? ERR_reason_error_string(ERR_peek_last_error()) : "closed");
+    conn_close(c);
+}
+
 static void
 conn_read(struct conn *c)
 {
     struct worker *w = c->w;
+    if (c->state == CS_TLS) {
+        tls_handshake(c);
+        return;
+    }
     if (c->state == CS_LINGER) {
         conn_linger_read(c);
         return;
     }
     for (int i = 0; i < 16 && !c->paused && !c->closing && !c->backpressure; i++) {
-        ssize_t n = read(c->fd, w->rbuf, READ_BUF_SIZE);
+        ssize_t n = conn_recv(c, w->rbuf, READ_BUF_SIZE);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -534,8 +673,17 @@ conn_read(struct conn *c)
                 c->backpressure = true;
             break;
         }
-        if ((size_t)n < READ_BUF_SIZE)
+        if ((size_t)n < READ_BUF_SIZE && !(c->ssl && SSL_pending(c->ssl)))
             break;
+    }
+    /* TLS may hold the rest of a record (<= 16 KiB) that no poll event will announce:
+     * keep it with the unparsed bytes so nothing is left behind */
+    while (c->ssl && !c->read_eof && !c->closing && SSL_pending(c->ssl) > 0) {
+        ssize_t n = conn_recv(c, w->rbuf, READ_BUF_SIZE);
+        if (n <= 0)
+            break;
+        atomic_fetch_add(&w->srv->stats.bytes_in, (uint64_t)n);
+        buf_add(&c->pending, w->rbuf, (size_t)n);
     }
     if (c->read_eof) {
         if (c->state == CS_IDLE || c->state == CS_HEADERS || c->state == CS_BODY) {
@@ -665,7 +813,7 @@ conn_write(struct conn *c)
                 iov[n++] = (struct iovec){c->out.ptr + c->out_off, head_left};
             if (rs->body.len)
                 iov[n++] = (struct iovec){rs->body.ptr, rs->body.len};
-            ssize_t w = writev(c->fd, iov, n);
+            ssize_t w = conn_sendv(c, iov, n);
             if (w < 0) {
                 if (errno == EINTR)
                     continue;
@@ -684,6 +832,37 @@ conn_write(struct conn *c)
                 memmove(rs->body.ptr, rs->body.ptr + wn, rs->body.len - wn);
                 buf_truncate(&rs->body, rs->body.len - wn);
             }
+            c->deadline = now_ms(c->w) + c->w->srv->cfg.body_timeout_ms;
+            continue;
+        }
+        if (c->ssl && rs->fd >= 0 && (rs->file_len || c->tbuf_off < c->tbuf_len)) {
+            /* no sendfile through TLS: bounded pieces read here and encrypted */
+            if (c->tbuf_off == c->tbuf_len) {
+                if (!c->tbuf && !(c->tbuf = malloc(TLS_FILE_BUF))) {
+                    c->close_after = c->read_eof = true;
+                    return true;
+                }
+                size_t want = rs->file_len < TLS_FILE_BUF ? (size_t)rs->file_len : TLS_FILE_BUF;
+                ssize_t k = pread(rs->fd, c->tbuf, want, (off_t)rs->file_off);
+                if (k <= 0) {
+                    log_error("HTTP-FILE-READ", "peer=%s", c->peer);
+                    c->close_after = c->read_eof = true;
+                    return true;
+                }
+                c->tbuf_len = (size_t)k;
+                c->tbuf_off = 0;
+                rs->file_off += (uint64_t)k;
+                rs->file_len -= (uint64_t)k;
+            }
+            ssize_t w = conn_send(c, c->tbuf + c->tbuf_off, c->tbuf_len - c->tbuf_off);
+            if (w < 0) {
+                if (errno == EAGAIN || errno == EINTR)
+                    return false;
+                c->close_after = c->read_eof = true;
+                return true;
+            }
+            atomic_fetch_add(&st->bytes_out, (uint64_t)w);
+            c->tbuf_off += (size_t)w;
             c->deadline = now_ms(c->w) + c->w->srv->cfg.body_timeout_ms;
             continue;
         }
@@ -742,6 +921,9 @@ request_done(struct conn *c)
     buf_reset(&c->out);
     c->out_off = 0;
     c->pre_done = false;
+    free(c->tbuf);
+    c->tbuf = NULL;
+    c->tbuf_len = c->tbuf_off = 0;
     c->deadline = now_ms(c->w) + c->w->srv->cfg.idle_timeout_ms;
     c->state = CS_IDLE;
     c->name_start = SIZE_MAX;
@@ -768,12 +950,13 @@ conn_run(struct conn *c)
             if (c->paused) {
                 c->paused = false;
                 llhttp_resume(&c->parser);
-                if (c->pending.len) {
-                    conn_feed(c, c->pending.ptr, c->pending.len);
-                    if (!c->paused)
-                        buf_reset(&c->pending);
+            }
+            if (c->pending.len) {
+                conn_feed(c, c->pending.ptr, c->pending.len);
+                if (!c->paused)
+                    buf_reset(&c->pending);
+                if (c->paused || c->state != CS_IDLE)
                     continue;
-                }
             }
             goto wait;
         case CS_PRE_BODY:
@@ -793,7 +976,7 @@ conn_run(struct conn *c)
             }
             if (r->expect_continue && (r->chunked || r->content_length)) {
                 static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-                if (write(c->fd, cont, sizeof cont - 1) != (ssize_t)sizeof cont - 1) {
+                if (!conn_send_all(c, cont, sizeof cont - 1)) {
                     conn_close(c);
                     return;
                 }
@@ -810,6 +993,15 @@ conn_run(struct conn *c)
             }
             continue;
         case CS_BODY:
+            if (!c->paused && !c->backpressure && c->pending.len &&
+                (r->body_mode != BODY_SINK || c->sink_buf[c->sink_fill].len < SINK_CHUNK)) {
+                /* bytes kept while reading was held back (TLS record leftovers) */
+                buf tmp = c->pending;
+                buf_init(&c->pending);
+                conn_feed(c, tmp.ptr, tmp.len);
+                buf_release(&tmp);
+                continue;
+            }
             if (r->body_mode == BODY_SINK && c->job == JOB_NONE && !r->sink_err &&
                 c->sink_buf[c->sink_fill].len >= SINK_CHUNK) {
                 c->sink_job_buf = c->sink_fill;
@@ -854,6 +1046,7 @@ conn_run(struct conn *c)
             c->deadline = now_ms(c->w) + c->w->srv->cfg.body_timeout_ms;
             continue;
         case CS_LINGER:
+        case CS_TLS:
             goto wait;
         case CS_SENDING:
             if (!conn_write(c))
@@ -888,7 +1081,10 @@ conn_update_poll(struct conn *c)
     if (c->closing)
         return;
     int want = 0;
-    bool reading_state = c->state == CS_IDLE || c->state == CS_HEADERS || c->state == CS_BODY;
+    bool reading_state = c->state == CS_IDLE || c->state == CS_HEADERS || c->state == CS_BODY ||
+                         c->state == CS_TLS;
+    if (c->tls_want_write)
+        want |= UV_WRITABLE;
     if (c->state == CS_LINGER)
         want |= UV_READABLE;
     if (reading_state && !c->paused && !c->backpressure && !c->read_eof)
@@ -913,8 +1109,15 @@ on_conn_poll(uv_poll_t *h, int status, int events)
         return;
     }
     if (events & UV_WRITABLE) {
-        conn_run(c);
-        return;
+        if (c->state == CS_SENDING) {
+            conn_run(c);
+            return;
+        }
+        if (c->tls_want_write) {
+            c->tls_want_write = false;
+            conn_read(c);
+            return;
+        }
     }
     if (events & UV_READABLE)
         conn_read(c);
@@ -941,6 +1144,9 @@ on_conn_closed(uv_handle_t *h)
 {
     struct conn *c = h->data;
     struct worker *w = c->w;
+    if (c->ssl)
+        SSL_free(c->ssl);
+    free(c->tbuf);
     close(c->fd);
     buf_release(&c->pending);
     buf_release(&c->out);
@@ -977,14 +1183,78 @@ conn_close(struct conn *c)
     req_free(c->req);
     c->req = NULL;
     c->closing = true;
+    if (c->ssl && c->state != CS_TLS) {
+        ERR_clear_error();
+        SSL_shutdown(c->ssl); /* best effort close_notify; never waits */
+    }
     uv_poll_stop(&c->poll);
     uv_close((uv_handle_t *)&c->poll, on_conn_closed);
 }
 
+static bool
+cidr_match(const struct cidr *c, const struct sockaddr_storage *ss)
+{
+    const unsigned char *a;
+    size_t alen;
+    if (ss->ss_family == AF_INET && c->family == AF_INET) {
+        a = (const unsigned char *)&((const struct sockaddr_in *)ss)->sin_addr;
+        alen = 4;
+    } else if (ss->ss_family == AF_INET6 && c->family == AF_INET6) {
+        a = ((const struct sockaddr_in6 *)ss)->sin6_addr.s6_addr;
+        alen = 16;
+    } else {
+        return false;
+    }
+    unsigned bits = c->prefix;
+    for (size_t i = 0; i < alen && bits; i++) {
+        unsigned take = bits >= 8 ? 8 : bits;
+        unsigned char mask = (unsigned char)(0xff << (8 - take));
+        if ((a[i] & mask) != (c->addr[i] & mask))
+            return false;
+        bits -= take;
+    }
+    return true;
+}
+
+static bool
+listener_allows(const struct listener *l, const struct sockaddr_storage *ss)
+{
+    if (!l->nallow)
+        return true;
+    for (size_t i = 0; i < l->nallow; i++)
+        if (cidr_match(&l->allow[i], ss))
+            return true;
+    return false;
+}
+
 static void
-accept_one(struct worker *w, int fd, struct sockaddr_storage *ss)
+accept_one(struct worker *w, unsigned lidx, int fd, struct sockaddr_storage *ss)
 {
     http_server *srv = w->srv;
+    struct listener *l = &srv->lis[lidx];
+    char peer[64] = "";
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)ss)->sin_addr, peer, sizeof peer);
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ss)->sin6_addr, peer, sizeof peer);
+    if (!listener_allows(l, ss)) {
+        static const char refused[] =
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
+            "Content-Length: 107\r\nConnection: close\r\n\r\n"
+            "{\"errors\":[{\"code\":\"DENIED\",\"message\":\"this address may not use this "
+            "listener\",\"detail\":null}]}";
+        if (!l->tls) {
+            ssize_t wr = write(fd, refused, sizeof refused - 1);
+            (void)wr;
+            shutdown(fd, SHUT_WR);
+        }
+        close(fd);
+        atomic_fetch_add(&srv->stats.conns_refused, 1);
+        log_info("HTTP-REFUSED", "listener=%s peer=%s", l->name, peer);
+        if (srv->cfg.on_refused)
+            srv->cfg.on_refused(srv->app, l->name, peer);
+        return;
+    }
     unsigned n = atomic_fetch_add(&srv->nconns, 1);
     if (n >= srv->cfg.max_connections) {
         static const char busy[] =
@@ -992,8 +1262,10 @@ accept_one(struct worker *w, int fd, struct sockaddr_storage *ss)
             "Content-Length: 86\r\nConnection: close\r\n\r\n"
             "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"too many connections\","
             "\"detail\":null}]}";
-        ssize_t wr = write(fd, busy, sizeof busy - 1);
-        (void)wr;
+        if (!l->tls) {
+            ssize_t wr = write(fd, busy, sizeof busy - 1);
+            (void)wr;
+        }
         close(fd);
         atomic_fetch_sub(&srv->nconns, 1);
         atomic_fetch_add(&srv->stats.conns_refused, 1);
@@ -1007,15 +1279,29 @@ accept_one(struct worker *w, int fd, struct sockaddr_storage *ss)
     }
     c->w = w;
     c->fd = fd;
+    c->lidx = lidx;
     c->name_start = SIZE_MAX;
     buf_init(&c->pending);
     buf_init(&c->out);
     buf_init(&c->sink_buf[0]);
     buf_init(&c->sink_buf[1]);
-    if (ss->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)ss)->sin_addr, c->peer, sizeof c->peer);
-    else if (ss->ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ss)->sin6_addr, c->peer, sizeof c->peer);
+    str_copy(c->peer, sizeof c->peer, peer);
+    if (l->tls) {
+        uv_mutex_lock(&l->ctx_mu);
+        c->ssl = SSL_new(l->ctx);
+        uv_mutex_unlock(&l->ctx_mu);
+        if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+            if (c->ssl)
+                SSL_free(c->ssl);
+            free(c);
+            close(fd);
+            atomic_fetch_sub(&srv->nconns, 1);
+            return;
+        }
+        SSL_set_accept_state(c->ssl);
+        SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                                 SSL_MODE_RELEASE_BUFFERS);
+    }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
@@ -1029,28 +1315,35 @@ accept_one(struct worker *w, int fd, struct sockaddr_storage *ss)
     w->nconns++;
     atomic_fetch_add(&srv->stats.conns_open, 1);
     atomic_fetch_add(&srv->stats.conns_total, 1);
-    c->state = CS_IDLE;
-    c->deadline = now_ms(w) + srv->cfg.idle_timeout_ms;
+    if (c->ssl) {
+        c->state = CS_TLS;
+        c->deadline = now_ms(w) + srv->cfg.header_timeout_ms;
+    } else {
+        c->state = CS_IDLE;
+        c->deadline = now_ms(w) + srv->cfg.idle_timeout_ms;
+    }
     conn_update_poll(c);
 }
 
 static void
 on_listen_poll(uv_poll_t *h, int status, int events)
 {
-    struct worker *w = h->data;
+    struct lref *lr = h->data;
+    struct worker *w = lr->w;
     (void)events;
     if (status < 0)
         return;
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
-        int fd = accept4(w->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(w->listen_fd[lr->idx], (struct sockaddr *)&ss, &sl,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE)
                 log_warn("HTTP-ACCEPT", "error=\"%s\"", strerror(errno));
             return;
         }
-        accept_one(w, fd, &ss);
+        accept_one(w, lr->idx, fd, &ss);
     }
 }
 
@@ -1065,7 +1358,7 @@ on_sweep(uv_timer_t *t)
         next = c->next;
         if (c->deadline && now > c->deadline && c->job == JOB_NONE &&
             (c->state == CS_IDLE || c->state == CS_HEADERS || c->state == CS_BODY ||
-             c->state == CS_SENDING || c->state == CS_LINGER)) {
+             c->state == CS_SENDING || c->state == CS_LINGER || c->state == CS_TLS)) {
             if (c->state != CS_IDLE && c->state != CS_LINGER) {
                 atomic_fetch_add(&w->srv->stats.timeouts, 1);
                 log_info("HTTP-TIMEOUT", "peer=%s state=%d", c->peer, (int)c->state);
@@ -1081,10 +1374,12 @@ worker_close_listener(struct worker *w)
     if (w->listen_closed)
         return;
     w->listen_closed = true;
-    uv_poll_stop(&w->listen_poll);
-    uv_close((uv_handle_t *)&w->listen_poll, NULL);
-    close(w->listen_fd);
-    w->listen_fd = -1;
+    for (size_t i = 0; i < w->srv->nlis; i++) {
+        uv_poll_stop(&w->listen_poll[i]);
+        uv_close((uv_handle_t *)&w->listen_poll[i], NULL);
+        close(w->listen_fd[i]);
+        w->listen_fd[i] = -1;
+    }
 }
 
 static void
@@ -1175,11 +1470,70 @@ bind_listener(const char *host, int port, int *fd_out)
     return 0;
 }
 
+static bool
+parse_cidr(const char *text, struct cidr *c)
+{
+    char addr[64];
+    const char *slash = strchr(text, '/');
+    if (!str_copy_slice(addr, sizeof addr,
+                        (slice){text, slash ? (size_t)(slash - text) : strlen(text)}))
+        return false;
+    memset(c, 0, sizeof *c);
+    if (inet_pton(AF_INET, addr, c->addr) == 1) {
+        c->family = AF_INET;
+        c->prefix = 32;
+    } else if (inet_pton(AF_INET6, addr, c->addr) == 1) {
+        c->family = AF_INET6;
+        c->prefix = 128;
+    } else {
+        return false;
+    }
+    if (slash) {
+        uint64_t p;
+        if (!slice_parse_u64(slice_of_cstr(slash + 1), &p) || p > c->prefix)
+            return false;
+        c->prefix = (unsigned)p;
+    }
+    return true;
+}
+
+/* tls_ctx_load builds a server context from PEM files; NULL (logged) on failure. */
+static SSL_CTX *
+tls_ctx_load(const char *cert, const char *key)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        return NULL;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        log_error("HTTP-TLS-LOAD", "cert=%s key=%s error=\"%s\"", cert, key,
+                  "cannot load certificate or key");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static void
+free_listeners(http_server *s)
+{
+    for (size_t i = 0; i < s->nlis; i++) {
+        if (s->lis[i].ctx)
+            SSL_CTX_free(s->lis[i].ctx);
+        uv_mutex_destroy(&s->lis[i].ctx_mu);
+    }
+    s->nlis = 0;
+}
+
 err
 http_server_new(const struct http_config *cfg, void (*on_headers)(struct http_req *r), void *app,
                 http_server **out)
 {
     http_server *s = calloc(1, sizeof *s);
+    err e = ERR_CONFIG;
     if (!s)
         return ERR_NOMEM;
     s->cfg = *cfg;
@@ -1188,11 +1542,35 @@ http_server_new(const struct http_config *cfg, void (*on_headers)(struct http_re
     s->nworkers = cfg->workers ? cfg->workers : uv_available_parallelism();
     if (s->nworkers > 64)
         s->nworkers = 64;
-    err e = split_hostport(cfg->listen, s->host, sizeof s->host, &s->port);
-    if (e) {
-        log_error("HTTP-LISTEN", "listen=\"%s\" error=\"expected host:port\"", cfg->listen);
-        free(s);
-        return e;
+    struct http_listener_config single = {.name = "public", .listen = cfg->listen};
+    const struct http_listener_config *lcs = cfg->nlisteners ? cfg->listeners : &single;
+    size_t nl = cfg->nlisteners ? cfg->nlisteners : 1;
+    for (size_t i = 0; i < nl && i < HTTP_MAX_LISTENERS; i++) {
+        const struct http_listener_config *lc = &lcs[i];
+        struct listener *l = &s->lis[s->nlis];
+        uv_mutex_init(&l->ctx_mu);
+        s->nlis++;
+        str_copy(l->name, sizeof l->name, lc->name ? lc->name : "http");
+        if (!lc->listen || split_hostport(lc->listen, l->host, sizeof l->host, &l->port)) {
+            log_error("HTTP-LISTEN", "listener=%s listen=\"%s\" error=\"expected host:port\"",
+                      l->name, lc->listen ? lc->listen : "");
+            goto fail;
+        }
+        for (size_t k = 0; k < lc->nallow && k < HTTP_MAX_CIDRS; k++) {
+            if (!parse_cidr(lc->allow[k], &l->allow[l->nallow])) {
+                log_error("HTTP-LISTEN", "listener=%s allow=\"%s\" error=\"not a CIDR\"",
+                          l->name, lc->allow[k]);
+                goto fail;
+            }
+            l->nallow++;
+        }
+        if (lc->tls_cert && *lc->tls_cert) {
+            str_copy(l->cert, sizeof l->cert, lc->tls_cert);
+            str_copy(l->key, sizeof l->key, lc->tls_key ? lc->tls_key : "");
+            if (!(l->ctx = tls_ctx_load(l->cert, l->key)))
+                goto fail;
+            l->tls = true;
+        }
     }
     llhttp_settings_init(&s->settings);
     s->settings.on_message_begin = on_message_begin;
@@ -1208,38 +1586,74 @@ http_server_new(const struct http_config *cfg, void (*on_headers)(struct http_re
 
     s->workers = calloc(s->nworkers, sizeof *s->workers);
     if (!s->workers) {
-        free(s);
-        return ERR_NOMEM;
+        e = ERR_NOMEM;
+        goto fail;
     }
     for (unsigned i = 0; i < s->nworkers; i++)
-        s->workers[i].listen_fd = -1;
-    for (unsigned i = 0; i < s->nworkers; i++) {
-        struct worker *w = &s->workers[i];
-        int rc = bind_listener(s->host, s->port, &w->listen_fd);
-        if (rc < 0) {
-            log_error("HTTP-LISTEN", "listen=%s:%d error=\"%s\"", s->host, s->port, strerror(-rc));
-            for (unsigned j = 0; j < i; j++)
-                close(s->workers[j].listen_fd);
-            free(s->workers);
-            free(s);
-            return ERR_IO;
-        }
-        if (i == 0 && s->port == 0) {
-            struct sockaddr_storage ss;
-            socklen_t sl = sizeof ss;
-            getsockname(w->listen_fd, (struct sockaddr *)&ss, &sl);
-            s->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                                    : ((struct sockaddr_in6 *)&ss)->sin6_port);
+        for (size_t k = 0; k < HTTP_MAX_LISTENERS; k++)
+            s->workers[i].listen_fd[k] = -1;
+    for (size_t k = 0; k < s->nlis; k++) {
+        struct listener *l = &s->lis[k];
+        for (unsigned i = 0; i < s->nworkers; i++) {
+            struct worker *w = &s->workers[i];
+            int rc = bind_listener(l->host, l->port, &w->listen_fd[k]);
+            if (rc < 0) {
+                log_error("HTTP-LISTEN", "listener=%s listen=%s:%d error=\"%s\"", l->name, l->host,
+                          l->port, strerror(-rc));
+                e = ERR_IO;
+                goto fail;
+            }
+            if (i == 0 && l->port == 0) {
+                struct sockaddr_storage ss;
+                socklen_t sl = sizeof ss;
+                getsockname(w->listen_fd[k], (struct sockaddr *)&ss, &sl);
+                l->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                        : ((struct sockaddr_in6 *)&ss)->sin6_port);
+            }
         }
     }
     *out = s;
     return ERR_OK;
+fail:
+    if (s->workers) {
+        for (unsigned i = 0; i < s->nworkers; i++)
+            for (size_t k = 0; k < HTTP_MAX_LISTENERS; k++)
+                if (s->workers[i].listen_fd[k] >= 0)
+                    close(s->workers[i].listen_fd[k]);
+        free(s->workers);
+    }
+    free_listeners(s);
+    free(s);
+    return e;
 }
 
 int
 http_server_port(const http_server *s)
 {
-    return s->port;
+    return s->nlis ? s->lis[0].port : 0;
+}
+
+err
+http_server_reload_tls(http_server *s)
+{
+    err e = ERR_OK;
+    for (size_t i = 0; i < s->nlis; i++) {
+        struct listener *l = &s->lis[i];
+        if (!l->tls)
+            continue;
+        SSL_CTX *ctx = tls_ctx_load(l->cert, l->key);
+        if (!ctx) {
+            e = ERR_CONFIG;
+            continue; /* keep serving with the old certificate */
+        }
+        uv_mutex_lock(&l->ctx_mu);
+        SSL_CTX *old = l->ctx;
+        l->ctx = ctx;
+        uv_mutex_unlock(&l->ctx_mu);
+        SSL_CTX_free(old);
+        log_info("HTTP-TLS-RELOADED", "listener=%s cert=%s", l->name, l->cert);
+    }
+    return e;
 }
 
 err
@@ -1254,9 +1668,12 @@ http_server_start(http_server *s)
             return ERR_NOMEM;
         uv_mutex_init(&w->finish_mu);
         update_date(w);
-        uv_poll_init(&w->loop, &w->listen_poll, w->listen_fd);
-        w->listen_poll.data = w;
-        uv_poll_start(&w->listen_poll, UV_READABLE, on_listen_poll);
+        for (size_t k = 0; k < s->nlis; k++) {
+            w->lref[k] = (struct lref){w, (unsigned)k};
+            uv_poll_init(&w->loop, &w->listen_poll[k], w->listen_fd[k]);
+            w->listen_poll[k].data = &w->lref[k];
+            uv_poll_start(&w->listen_poll[k], UV_READABLE, on_listen_poll);
+        }
         uv_async_init(&w->loop, &w->wake, on_wake);
         w->wake.data = w;
         uv_timer_init(&w->loop, &w->sweep);
@@ -1265,8 +1682,11 @@ http_server_start(http_server *s)
         if (uv_thread_create(&w->thread, worker_main, w) != 0)
             return ERR_NOMEM;
     }
-    log_info("HTTP-LISTEN", "addr=%s:%d workers=%u max_connections=%u", s->host, s->port,
-             s->nworkers, s->cfg.max_connections);
+    for (size_t k = 0; k < s->nlis; k++)
+        log_info("HTTP-LISTEN", "listener=%s addr=%s:%d tls=%d allow=%zu workers=%u "
+                 "max_connections=%u",
+                 s->lis[k].name, s->lis[k].host, s->lis[k].port, s->lis[k].tls, s->lis[k].nallow,
+                 s->nworkers, s->cfg.max_connections);
     return ERR_OK;
 }
 
@@ -1313,10 +1733,12 @@ http_server_free(http_server *s)
             uv_mutex_destroy(&w->finish_mu);
             free(w->rbuf);
         }
-        if (w->listen_fd >= 0)
-            close(w->listen_fd);
+        for (size_t k = 0; k < HTTP_MAX_LISTENERS; k++)
+            if (w->listen_fd[k] >= 0)
+                close(w->listen_fd[k]);
     }
     free(s->workers);
+    free_listeners(s);
     free(s);
 }
 

@@ -62,6 +62,8 @@ struct http_req {
     uint64_t content_length; /* valid when has_length */
     bool has_length, chunked, expect_continue;
     char peer[64];      /* client address "ip" */
+    const char *listener; /* name of the listener it came in on */
+    bool tls;
 
     /* set by the application in on_headers */
     enum http_body_mode body_mode;
@@ -98,8 +100,24 @@ struct http_stats {
     _Atomic uint64_t pool_jobs, loop_handled;
 };
 
+#define HTTP_MAX_LISTENERS 4
+#define HTTP_MAX_CIDRS 32
+
+/* One listening address: plain or TLS, open to all or to a CIDR allow list. */
+struct http_listener_config {
+    const char *name;               /* "public", "private" (logs, audit) */
+    const char *listen;             /* "host:port" */
+    const char *tls_cert, *tls_key; /* both set: TLS (PEM files, re-read on reload) */
+    const char *const *allow;       /* CIDRs ("10.0.0.0/8", "127.0.0.2/32"); none: any */
+    size_t nallow;
+};
+
 struct http_config {
-    const char *listen; /* "host:port" */
+    const char *listen; /* "host:port" of a single plain listener when nlisteners is 0 */
+    struct http_listener_config listeners[HTTP_MAX_LISTENERS];
+    size_t nlisteners;
+    /* called on the loop when a listener's allow list refuses a client */
+    void (*on_refused)(void *app, const char *listener, const char *peer);
     unsigned workers;   /* 0: one per core */
     unsigned max_connections;
     uint64_t header_timeout_ms, idle_timeout_ms, body_timeout_ms;
@@ -113,8 +131,12 @@ struct http_config {
  * http_server_free after http_server_stop. */
 err http_server_new(const struct http_config *cfg, void (*on_headers)(struct http_req *r),
                     void *app, http_server **out);
-/* http_server_port: the bound port (useful when listening on port 0). */
+/* http_server_port: the bound port of the first listener (useful with port 0). */
 int http_server_port(const http_server *s);
+/* http_server_reload_tls re-reads every TLS listener's certificate and key; new
+ * connections use them, connections already open keep theirs. A listener whose
+ * files do not load keeps its old ones (logged). Thread-safe. */
+err http_server_reload_tls(http_server *s);
 /* http_server_start starts the worker threads. */
 err http_server_start(http_server *s);
 /* http_server_stop stops accepting, lets in-flight requests finish for up to

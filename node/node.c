@@ -97,6 +97,16 @@ open_auth(struct node *n)
     return auth_new(n->store, &o, &n->auth);
 }
 
+static void
+on_refused(void *app, const char *listener, const char *peer)
+{
+    struct node *n = app;
+    struct http_req fake;
+    memset(&fake, 0, sizeof fake);
+    str_copy(fake.peer, sizeof fake.peer, peer);
+    audit_log(n, &fake, "network.refused", NULL, NULL, NULL, 403, listener);
+}
+
 err
 node_open(const struct cfg *cfg, struct node **out)
 {
@@ -114,6 +124,7 @@ node_open(const struct cfg *cfg, struct node **out)
         goto fail;
     struct http_config hc = {
         .listen = cfg->listen,
+        .on_refused = on_refused,
         .workers = cfg->workers,
         .max_connections = cfg->max_connections,
         .header_timeout_ms = cfg->header_timeout_ms,
@@ -121,6 +132,26 @@ node_open(const struct cfg *cfg, struct node **out)
         .body_timeout_ms = cfg->body_timeout_ms,
         .max_header_bytes = cfg->max_header_bytes,
     };
+    if (cfg->http_enabled)
+        hc.listeners[hc.nlisteners++] = (struct http_listener_config){
+            .name = "public",
+            .listen = cfg->listen,
+            .tls_cert = cfg->http_tls.cert,
+            .tls_key = cfg->http_tls.key,
+            .allow = (const char *const *)cfg->http_allow.items,
+            .nallow = cfg->http_allow.n,
+        };
+    if (cfg->private_listen[0])
+        hc.listeners[hc.nlisteners++] = (struct http_listener_config){
+            .name = "private",
+            .listen = cfg->private_listen,
+            .tls_cert = cfg->private_tls.cert,
+            .tls_key = cfg->private_tls.key,
+            .allow = (const char *const *)cfg->private_allow.items,
+            .nallow = cfg->private_allow.n,
+        };
+    if (!cfg->http_tls.cert[0] && cfg->http_enabled)
+        log_warn("HTTP-PLAIN", "listen=%s msg=\"plain HTTP: set http.tls for TLS\"", cfg->listen);
     if ((e = http_server_new(&hc, oci_on_headers, n, &n->http)))
         goto fail;
     if ((e = open_repl(n)))
@@ -142,11 +173,39 @@ node_writable(struct node *n, char *primary_url, size_t len)
 
 struct run_ctx {
     struct node *n;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t housekeeping;
     uv_timer_t audit;
     int signo;
 };
+
+static void
+on_upload_purge_done(uv_work_t *w, int status)
+{
+    (void)status;
+    free(w);
+}
+
+static void
+reload_work(uv_work_t *w)
+{
+    struct node *n = w->data;
+    http_server_reload_tls(n->http);
+}
+
+static void
+on_sighup(uv_signal_t *h, int signo)
+{
+    struct run_ctx *rc = h->data;
+    (void)signo;
+    log_info("NODE-SIGNAL", "signal=HUP action=reload_tls");
+    uv_work_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return;
+    w->data = rc->n;
+    if (uv_queue_work(h->loop, w, reload_work, on_upload_purge_done) != 0)
+        free(w);
+}
 
 static void
 on_signal(uv_signal_t *h, int signo)
@@ -157,12 +216,6 @@ on_signal(uv_signal_t *h, int signo)
     uv_stop(h->loop);
 }
 
-static void
-on_upload_purge_done(uv_work_t *w, int status)
-{
-    (void)status;
-    free(w);
-}
 
 static void
 housekeeping_work(uv_work_t *w)
@@ -239,6 +292,9 @@ node_run(struct node *n)
     rc.sigterm.data = rc.sigint.data = &rc;
     uv_signal_start(&rc.sigterm, on_signal, SIGTERM);
     uv_signal_start(&rc.sigint, on_signal, SIGINT);
+    uv_signal_init(&loop, &rc.sighup);
+    rc.sighup.data = &rc;
+    uv_signal_start(&rc.sighup, on_sighup, SIGHUP);
     uv_timer_init(&loop, &rc.housekeeping);
     rc.housekeeping.data = &rc;
     uv_timer_start(&rc.housekeeping, on_housekeeping, 5000, 5000);
@@ -257,6 +313,7 @@ node_run(struct node *n)
     log_info("NODE-STOPPED", "name=%s", n->cfg->name);
     uv_close((uv_handle_t *)&rc.sigterm, NULL);
     uv_close((uv_handle_t *)&rc.sigint, NULL);
+    uv_close((uv_handle_t *)&rc.sighup, NULL);
     uv_close((uv_handle_t *)&rc.housekeeping, NULL);
     uv_close((uv_handle_t *)&rc.audit, NULL);
     uv_run(&loop, UV_RUN_DEFAULT); /* pending purge work and close callbacks */
