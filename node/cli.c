@@ -22,7 +22,23 @@ struct cli_opts {
     const char *regions;
     uint64_t timeout_ms;
     const char *target; /* NAME:TAG or NAME@DIGEST */
+    const char *user;
+    char password[256];
+    const char *ca;     /* CA bundle for https URLs */
+    /* admin commands */
+    const char *args[8];
+    size_t nargs;
+    const char *scopes[32];
+    size_t nscopes;
+    const char *roles[8];
+    size_t nroles;
+    const char *expires;
+    const char *password_file;
+    const char *query[8]; /* audit filters as key=value */
+    size_t nquery;
 };
+
+static const struct cli_opts *g_opts; /* the frozen options of this command run */
 
 static size_t
 on_data(char *ptr, size_t size, size_t n, void *arg)
@@ -34,32 +50,49 @@ on_data(char *ptr, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-/* http_get fetches url into body; returns the HTTP status or -1 (message on stderr). */
+/* http_call performs method on url (with a JSON body when given) into body; returns
+ * the HTTP status or -1 (message on stderr). Credentials and CA come from the
+ * command's options. */
 static long
-http_get(const char *url, buf *body, long timeout_s)
+http_call(const char *method, const char *url, const char *json, buf *body, long timeout_s)
 {
     CURL *c = curl_easy_init();
     long status = -1;
+    struct curl_slist *hdrs = NULL;
     if (!c)
         return -1;
     buf_reset(body);
     curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, body);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, timeout_s);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 5L);
-    const char *user = getenv("GEOREG_USER"), *pass = getenv("GEOREG_PASSWORD");
-    if (user && pass) {
-        curl_easy_setopt(c, CURLOPT_USERNAME, user);
-        curl_easy_setopt(c, CURLOPT_PASSWORD, pass);
+    if (json) {
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, json);
     }
+    if (g_opts && g_opts->user && g_opts->password[0]) {
+        curl_easy_setopt(c, CURLOPT_USERNAME, g_opts->user);
+        curl_easy_setopt(c, CURLOPT_PASSWORD, g_opts->password);
+    }
+    if (g_opts && g_opts->ca)
+        curl_easy_setopt(c, CURLOPT_CAINFO, g_opts->ca);
     CURLcode rc = curl_easy_perform(c);
     if (rc == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     else
         fprintf(stderr, "georeg: %s: %s\n", url, curl_easy_strerror(rc));
+    curl_slist_free_all(hdrs);
     curl_easy_cleanup(c);
     return status;
+}
+
+static long
+http_get(const char *url, buf *body, long timeout_s)
+{
+    return http_call("GET", url, NULL, body, timeout_s);
 }
 
 static const char *
@@ -261,16 +294,221 @@ cmd_wait(const struct cli_opts *o)
     return rc;
 }
 
+/* api_error prints the OCI error message of a failed call. */
+static int
+api_error(const char *what, long st, const buf *body)
+{
+    json_error_t je;
+    json_t *j = st > 0 ? json_loadb(body->ptr, body->len, 0, &je) : NULL;
+    json_t *e0 = json_array_get(json_object_get(j, "errors"), 0);
+    if (e0)
+        fprintf(stderr, "georeg %s: %s (%s)\n", what, jstr(e0, "message"), jstr(e0, "code"));
+    else if (st > 0)
+        fprintf(stderr, "georeg %s: HTTP %ld\n", what, st);
+    json_decref(j);
+    return st == 401 || st == 403 ? 3 : 1;
+}
+
+/* identity_body builds the JSON of a create call. */
+static void
+identity_body(const struct cli_opts *o, const char *name, const char *password, buf *b)
+{
+    buf_adds(b, "{\"name\":");
+    buf_add_json_str(b, name, strlen(name));
+    if (password) {
+        buf_adds(b, ",\"password\":");
+        buf_add_json_str(b, password, strlen(password));
+    }
+    if (o->expires) {
+        buf_adds(b, ",\"expires\":");
+        buf_add_json_str(b, o->expires, strlen(o->expires));
+    }
+    buf_adds(b, ",\"roles\":[");
+    for (size_t i = 0; i < o->nroles; i++) {
+        if (i)
+            buf_addc(b, ',');
+        buf_add_json_str(b, o->roles[i], strlen(o->roles[i]));
+    }
+    buf_adds(b, "],\"scopes\":[");
+    for (size_t i = 0; i < o->nscopes; i++) {
+        if (i)
+            buf_addc(b, ',');
+        buf_add_json_str(b, o->scopes[i], strlen(o->scopes[i]));
+    }
+    buf_adds(b, "]}");
+}
+
+static bool
+read_secret_file(const char *path, char *out, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    bool ok = fgets(out, (int)n, f) != NULL;
+    fclose(f);
+    if (ok)
+        out[strcspn(out, "\r\n")] = '\0';
+    return ok;
+}
+
+static void
+print_identities(const buf *body, bool json)
+{
+    if (json) {
+        printf("%s\n", body->ptr);
+        return;
+    }
+    json_error_t je;
+    json_t *j = json_loadb(body->ptr, body->len, 0, &je);
+    printf("%-24s %-6s %-9s %-12s %s\n", "NAME", "KIND", "STATE", "EXPIRES", "GRANTS");
+    size_t i;
+    json_t *id;
+    json_array_foreach(j, i, id)
+    {
+        char exp[32] = "never";
+        json_int_t e = json_integer_value(json_object_get(id, "expires"));
+        if (e) {
+            time_t t = (time_t)e;
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            strftime(exp, sizeof exp, "%Y-%m-%d", &tm);
+        }
+        buf g = BUF_INIT;
+        size_t k;
+        json_t *gr;
+        json_array_foreach(json_object_get(id, "grants"), k, gr)
+            buf_addf(&g, "%s%s:%s", k ? " " : "", jstr(gr, "repo"), jstr(gr, "actions"));
+        bool off = json_is_true(json_object_get(id, "disabled"));
+        printf("%-24s %-6s %-9s %-12s %s\n", jstr(id, "name"), jstr(id, "kind"),
+               off ? (strcmp(jstr(id, "kind"), "token") ? "disabled" : "revoked") : "active", exp,
+               g.ptr);
+        buf_release(&g);
+    }
+    json_decref(j);
+}
+
+/* cmd_identity: user|token|sp create/add, list, delete, revoke, disable, enable. */
+static int
+cmd_identity(const char *cmd, const struct cli_opts *o)
+{
+    const char *kind_path = !strcmp(cmd, "user") ? "users"
+                            : !strcmp(cmd, "token") ? "tokens"
+                                                    : "service-principals";
+    const char *verb = o->nargs ? o->args[0] : "list";
+    const char *name = o->nargs > 1 ? o->args[1] : NULL;
+    buf url = BUF_INIT, body = BUF_INIT, req = BUF_INIT;
+    int rc = 0;
+    long st;
+    if (!strcmp(verb, "list")) {
+        buf_addf(&url, "%s/_georeg/v1/%s", o->url, kind_path);
+        st = http_get(url.ptr, &body, 30);
+        if (st == 200)
+            print_identities(&body, o->json);
+        else
+            rc = api_error(cmd, st, &body);
+    } else if (!strcmp(verb, "add") || !strcmp(verb, "create")) {
+        char pw[256] = "";
+        if (!name) {
+            fprintf(stderr, "usage: georeg %s %s NAME [--scope GLOB:ACTIONS]... [--role R]... "
+                            "[--expires 30d]%s\n",
+                    cmd, verb, !strcmp(cmd, "user") ? " [--new-password-file F]" : "");
+            rc = 2;
+            goto out;
+        }
+        if (o->password_file && !read_secret_file(o->password_file, pw, sizeof pw)) {
+            fprintf(stderr, "georeg %s: cannot read %s\n", cmd, o->password_file);
+            rc = 2;
+            goto out;
+        }
+        identity_body(o, name, pw[0] ? pw : NULL, &req);
+        memset(pw, 0, sizeof pw);
+        buf_addf(&url, "%s/_georeg/v1/%s", o->url, kind_path);
+        st = http_call("POST", url.ptr, req.ptr, &body, 30);
+        if (st != 201) {
+            rc = api_error(cmd, st, &body);
+            goto out;
+        }
+        json_error_t je;
+        json_t *j = json_loadb(body.ptr, body.len, 0, &je);
+        const char *secret = jstr(j, "secret");
+        printf("created %s %s\n", cmd, jstr(j, "name"));
+        if (json_integer_value(json_object_get(j, "expires"))) {
+            time_t t = (time_t)json_integer_value(json_object_get(j, "expires"));
+            struct tm tm;
+            gmtime_r(&t, &tm);
+            char e[40];
+            strftime(e, sizeof e, "%Y-%m-%dT%H:%M:%SZ", &tm);
+            printf("expires %s\n", e);
+        }
+        if (secret[0]) {
+            /* shown once: the secret alone on the last line, for scripts */
+            printf("the secret is shown only now; use it as the password of %s\n%s\n",
+                   jstr(j, "name"), secret);
+        }
+        json_decref(j);
+    } else if (!strcmp(verb, "delete") || !strcmp(verb, "revoke") || !strcmp(verb, "disable") ||
+               !strcmp(verb, "enable")) {
+        if (!name) {
+            fprintf(stderr, "usage: georeg %s %s NAME\n", cmd, verb);
+            rc = 2;
+            goto out;
+        }
+        bool del = !strcmp(verb, "delete");
+        buf_addf(&url, "%s/_georeg/v1/%s/%s%s%s", o->url, kind_path, name, del ? "" : "/",
+                 del ? "" : verb);
+        st = http_call(del ? "DELETE" : "POST", url.ptr, NULL, &body, 30);
+        if (st != 204)
+            rc = api_error(cmd, st, &body);
+        else
+            printf("%s %s: %s\n", cmd, name, del ? "deleted" : verb);
+    } else {
+        fprintf(stderr, "georeg %s: unknown action %s\n", cmd, verb);
+        rc = 2;
+    }
+out:
+    buf_release(&url);
+    buf_release(&body);
+    buf_release(&req);
+    return rc;
+}
+
+static int
+cmd_audit(const struct cli_opts *o)
+{
+    buf url = BUF_INIT, body = BUF_INIT;
+    buf_addf(&url, "%s/_georeg/v1/audit?format=jsonl", o->url);
+    for (size_t i = 0; i < o->nquery; i++)
+        buf_addf(&url, "&%s", o->query[i]);
+    long st = http_get(url.ptr, &body, 60);
+    int rc = 0;
+    if (st == 200)
+        fwrite(body.ptr, 1, body.len, stdout);
+    else
+        rc = api_error("audit", st, &body);
+    buf_release(&url);
+    buf_release(&body);
+    return rc;
+}
+
 int
 cli_main(const char *cmd, int argc, char **argv)
 {
     bool is_status = !strcmp(cmd, "status"), is_lag = !strcmp(cmd, "lag"),
-         is_wait = !strcmp(cmd, "wait");
-    if (!is_status && !is_lag && !is_wait)
+         is_wait = !strcmp(cmd, "wait"), is_audit = !strcmp(cmd, "audit");
+    bool is_ident = !strcmp(cmd, "user") || !strcmp(cmd, "token") || !strcmp(cmd, "sp");
+    if (!is_status && !is_lag && !is_wait && !is_ident && !is_audit)
         return -1;
-    struct cli_opts o = {.url = getenv("GEOREG_URL"), .timeout_ms = 60000};
+    static struct cli_opts o;
+    memset(&o, 0, sizeof o);
+    o.url = getenv("GEOREG_URL");
+    o.timeout_ms = 60000;
+    o.user = getenv("GEOREG_USER");
+    o.ca = getenv("GEOREG_CA");
+    if (getenv("GEOREG_PASSWORD"))
+        str_copy(o.password, sizeof o.password, getenv("GEOREG_PASSWORD"));
     if (!o.url)
         o.url = "http://127.0.0.1:5000";
+    g_opts = &o;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--url") && v) {
@@ -287,6 +525,40 @@ cli_main(const char *cmd, int argc, char **argv)
                 return 2;
             }
             i++;
+        } else if (!strcmp(a, "--user") && v) {
+            o.user = v;
+            i++;
+        } else if (!strcmp(a, "--password-file") && v) {
+            if (!read_secret_file(v, o.password, sizeof o.password)) {
+                fprintf(stderr, "georeg: cannot read %s\n", v);
+                return 2;
+            }
+            i++;
+        } else if (!strcmp(a, "--ca") && v) {
+            o.ca = v;
+            i++;
+        } else if (!strcmp(a, "--scope") && v && o.nscopes < 32) {
+            o.scopes[o.nscopes++] = v;
+            i++;
+        } else if (!strcmp(a, "--role") && v && o.nroles < 8) {
+            o.roles[o.nroles++] = v;
+            i++;
+        } else if (!strcmp(a, "--expires") && v) {
+            o.expires = v;
+            i++;
+        } else if (!strcmp(a, "--new-password-file") && v) {
+            o.password_file = v;
+            i++;
+        } else if (is_audit && v && o.nquery < 8 &&
+                   (!strcmp(a, "--since") || !strcmp(a, "--until") || !strcmp(a, "--repo") ||
+                    !strcmp(a, "--actor") || !strcmp(a, "--action") || !strcmp(a, "--limit"))) {
+            static char qs[8][300];
+            snprintf(qs[o.nquery], sizeof qs[0], "%s=%s", a + 2, v);
+            o.query[o.nquery] = qs[o.nquery];
+            o.nquery++;
+            i++;
+        } else if (a[0] != '-' && is_ident && o.nargs < 8) {
+            o.args[o.nargs++] = a;
         } else if (a[0] != '-' && !o.target) {
             o.target = a;
         } else {
@@ -296,7 +568,11 @@ cli_main(const char *cmd, int argc, char **argv)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc;
-    if (is_wait) {
+    if (is_ident) {
+        rc = cmd_identity(cmd, &o);
+    } else if (is_audit) {
+        rc = cmd_audit(&o);
+    } else if (is_wait) {
         if (!o.target) {
             fprintf(stderr, "usage: georeg wait NAME:TAG --regions a,b [--timeout 60s]\n");
             rc = 2;
@@ -307,5 +583,6 @@ cli_main(const char *cmd, int argc, char **argv)
         rc = cmd_status(&o, is_lag);
     }
     curl_global_cleanup();
+    memset(o.password, 0, sizeof o.password);
     return rc;
 }

@@ -28,6 +28,13 @@ usage(FILE *f)
             "  lag    [--url URL] [--json]             replication lag per replica\n"
             "  wait   NAME:TAG --regions a,b [--timeout 60s] [--url URL]\n"
             "         exit 0 once the regions hold the image, 1 on timeout\n"
+            "  user   add NAME [--new-password-file F] [--role R]... [--scope GLOB:ACTIONS]...\n"
+            "         | list | delete NAME | disable NAME | enable NAME\n"
+            "  token  create NAME --scope 'prod/**:pull,push' [--expires 30d] | list | revoke NAME\n"
+            "  sp     create NAME [--role R] [--scope S] | list | delete NAME\n"
+            "  audit  [--since T] [--until T] [--repo R] [--actor A] [--action X] [--limit N]\n"
+            "         admin commands take --url, --user, --password-file, --ca\n"
+            "         (or GEOREG_URL, GEOREG_USER, GEOREG_PASSWORD, GEOREG_CA)\n"
             "  version\n");
 }
 
