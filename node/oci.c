@@ -206,6 +206,8 @@ h_manifest_get(struct http_req *r, bool nowait)
     if (e == ERR_WOULDBLOCK)
         return e;
     if (e) {
+        if (e == ERR_MANIFEST_UNKNOWN && nowait)
+            return ERR_WOULDBLOCK; /* telling NAME_UNKNOWN apart reads the catalog */
         if (e == ERR_MANIFEST_UNKNOWN && !store_repo_exists(nd->store, rt->name))
             e = ERR_NAME_UNKNOWN;
         http_resp_error(r, e, NULL, rt->ref);
