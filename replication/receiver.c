@@ -355,10 +355,25 @@ receiver_main(void *arg)
         err e = wire_recv(r, r->rsock, 200, &env, &pipe);
         if (e == ERR_TIMEOUT) {
             uint64_t applied = store_applied_seq(r->store);
+            uint64_t now = repl_now_ms();
+            uint64_t silent_limit = r->heartbeat_ms * 4 < 4000 ? 4000 : r->heartbeat_ms * 4;
             pthread_mutex_lock(&r->smu);
-            if (applied >= r->primary_head)
-                r->caught_up_ms = repl_now_ms();
+            bool silent = r->last_contact_ms && now - r->last_contact_ms > silent_limit;
+            /* caught up only counts while the primary is heard from; cut off, the
+             * staleness grows from the last time we were known to be current */
+            if (applied >= r->primary_head && !silent)
+                r->caught_up_ms = now;
             pthread_mutex_unlock(&r->smu);
+            uint32_t cur = atomic_load(&r->rpipe_id);
+            if (silent && cur) {
+                /* a half-open connection from before a partition: drop it so the
+                 * primary's next dial is accepted */
+                nng_pipe op = NNG_PIPE_INITIALIZER;
+                op.id = cur;
+                log_info("REPL-PRIMARY-SILENT", "pipe=%u silent_ms=%llu", cur,
+                         (unsigned long long)(now - r->last_contact_ms));
+                nng_pipe_close(op);
+            }
             continue;
         }
         if (e)

@@ -215,21 +215,30 @@ fail:
     return e;
 }
 
-static void
+/* on_pipe tracks the current pipe id: a pipe that goes away only clears the id when
+ * it is the current one (a refused extra connection must not hide the live one). */
+static bool
 on_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     _Atomic uint32_t *id = arg;
-    if (ev == NNG_PIPE_EV_ADD_POST)
-        atomic_store(id, (uint32_t)nng_pipe_id(p));
-    else if (ev == NNG_PIPE_EV_REM_POST)
-        atomic_store(id, 0);
+    uint32_t pid = (uint32_t)nng_pipe_id(p);
+    if (ev == NNG_PIPE_EV_ADD_POST) {
+        atomic_store(id, pid);
+        return true;
+    }
+    if (ev == NNG_PIPE_EV_REM_POST) {
+        uint32_t expect = pid;
+        return atomic_compare_exchange_strong(id, &expect, 0);
+    }
+    return false;
 }
 
 static void
 on_replica_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     struct replica *rp = arg;
-    on_pipe(p, ev, &rp->pipe_id);
+    if (!on_pipe(p, ev, &rp->pipe_id))
+        return;
     atomic_fetch_add(&rp->pipe_gen, 1);
     log_info(ev == NNG_PIPE_EV_ADD_POST ? "REPL-PEER-CONNECTED" : "REPL-PEER-DISCONNECTED",
              "replica=%s address=%s", rp->name, rp->address);
@@ -239,20 +248,37 @@ on_replica_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
     pthread_mutex_unlock(&r->wake_mu);
 }
 
-static err
-open_replica_socket(repl *r, struct replica *rp)
+/* on_receiver_pipe: a secondary has one primary; a new connection replaces an old
+ * one (after a partition the old one may linger half-open and would otherwise make
+ * the single-peer socket refuse the primary forever). */
+static void
+on_receiver_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    repl *r = arg;
+    if (ev == NNG_PIPE_EV_ADD_PRE) {
+        uint32_t old = atomic_load(&r->rpipe_id);
+        if (old && old != (uint32_t)nng_pipe_id(p)) {
+            nng_pipe op = NNG_PIPE_INITIALIZER;
+            op.id = old;
+            log_info("REPL-PRIMARY-REPLACED", "old_pipe=%u", old);
+            nng_pipe_close(op);
+        }
+        return;
+    }
+    if (on_pipe(p, ev, &r->rpipe_id) && ev == NNG_PIPE_EV_ADD_POST) {
+        /* a fresh connection counts as contact until its first message */
+        pthread_mutex_lock(&r->smu);
+        r->last_contact_ms = repl_now_ms();
+        pthread_mutex_unlock(&r->smu);
+    }
+}
+
+/* start_dialer (re)creates the replica's dialer; it redials on its own after drops. */
+err
+repl_start_dialer(repl *r, struct replica *rp)
 {
     int rv;
     nng_tls_config *tls = NULL;
-    if ((rv = nng_pair1_open(&rp->sock)))
-        goto nngfail;
-    rp->sock_open = true;
-    nng_socket_set_size(rp->sock, NNG_OPT_RECVMAXSZ, REPL_MAX_MSG + 4096);
-    nng_socket_set_ms(rp->sock, NNG_OPT_SENDTIMEO, 2000);
-    nng_socket_set_int(rp->sock, NNG_OPT_SENDBUF, (int)(r->window < 8192 ? r->window : 8192));
-    nng_socket_set_int(rp->sock, NNG_OPT_RECVBUF, (int)(r->window < 8192 ? r->window : 8192));
-    nng_pipe_notify(rp->sock, NNG_PIPE_EV_ADD_POST, on_replica_pipe, rp);
-    nng_pipe_notify(rp->sock, NNG_PIPE_EV_REM_POST, on_replica_pipe, rp);
     if ((rv = nng_dialer_create(&rp->dialer, rp->sock, rp->address)))
         goto nngfail;
     nng_dialer_set_ms(rp->dialer, NNG_OPT_RECONNMINT, 100);
@@ -276,6 +302,24 @@ nngfail:
 }
 
 static err
+open_replica_socket(repl *r, struct replica *rp)
+{
+    int rv;
+    if ((rv = nng_pair1_open(&rp->sock))) {
+        log_error("REPL-SOCKET", "replica=%s error=\"%s\"", rp->name, nng_strerror(rv));
+        return ERR_CONFIG;
+    }
+    rp->sock_open = true;
+    nng_socket_set_size(rp->sock, NNG_OPT_RECVMAXSZ, REPL_MAX_MSG + 4096);
+    nng_socket_set_ms(rp->sock, NNG_OPT_SENDTIMEO, 2000);
+    nng_socket_set_int(rp->sock, NNG_OPT_SENDBUF, (int)(r->window < 8192 ? r->window : 8192));
+    nng_socket_set_int(rp->sock, NNG_OPT_RECVBUF, (int)(r->window < 8192 ? r->window : 8192));
+    nng_pipe_notify(rp->sock, NNG_PIPE_EV_ADD_POST, on_replica_pipe, rp);
+    nng_pipe_notify(rp->sock, NNG_PIPE_EV_REM_POST, on_replica_pipe, rp);
+    return repl_start_dialer(r, rp);
+}
+
+static err
 open_receiver_socket(repl *r)
 {
     int rv;
@@ -286,8 +330,9 @@ open_receiver_socket(repl *r)
     nng_socket_set_size(r->rsock, NNG_OPT_RECVMAXSZ, REPL_MAX_MSG + 4096);
     nng_socket_set_ms(r->rsock, NNG_OPT_SENDTIMEO, 2000);
     nng_socket_set_int(r->rsock, NNG_OPT_RECVBUF, 256);
-    nng_pipe_notify(r->rsock, NNG_PIPE_EV_ADD_POST, on_pipe, &r->rpipe_id);
-    nng_pipe_notify(r->rsock, NNG_PIPE_EV_REM_POST, on_pipe, &r->rpipe_id);
+    nng_pipe_notify(r->rsock, NNG_PIPE_EV_ADD_PRE, on_receiver_pipe, r);
+    nng_pipe_notify(r->rsock, NNG_PIPE_EV_ADD_POST, on_receiver_pipe, r);
+    nng_pipe_notify(r->rsock, NNG_PIPE_EV_REM_POST, on_receiver_pipe, r);
     if ((rv = nng_listener_create(&r->listener, r->rsock, r->listen)))
         goto nngfail;
     if (strncmp(r->listen, "tls+tcp://", 10) == 0) {

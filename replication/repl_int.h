@@ -51,6 +51,7 @@ struct replica {
 
     _Atomic uint64_t pipe_gen; /* bumped on every connect and disconnect */
     _Atomic uint32_t pipe_id;  /* current pipe, 0 when none */
+    uint64_t down_since_ms;    /* shipper: when the pipe went away (0: up) */
 
     /* status, under mu */
     pthread_mutex_t mu;
@@ -138,6 +139,9 @@ err wire_epoch_check(repl *r, const envelope *env);
 /* filter.c (in repl.c) */
 bool filter_repo(const struct filter *f, slice repo);
 bool filter_tag(const struct filter *f, slice tag);
+
+/* repl.c: (re)create a replica's dialer */
+err repl_start_dialer(repl *r, struct replica *rp);
 
 /* shipper.c */
 void *shipper_main(void *arg);

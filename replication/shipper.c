@@ -47,14 +47,42 @@ struct ship {
     err fail;
 };
 
+static const char *const state_log_names[] = {"unreachable", "connecting",  "in-sync",
+                                              "streaming",   "catching-up", "resyncing"};
+
 static void
 set_state(struct replica *rp, enum replica_state st)
 {
     pthread_mutex_lock(&rp->mu);
     if (rp->state != st && (st == RS_UNREACHABLE || rp->state == RS_UNREACHABLE))
-        log_info("REPL-REPLICA-STATE", "replica=%s state=%d", rp->name, (int)st);
+        log_info("REPL-REPLICA-STATE", "replica=%s state=%s", rp->name, state_log_names[st]);
+    if (st == RS_IN_SYNC)
+        rp->last_error[0] = '\0'; /* caught up: whatever went wrong is over */
     rp->state = st;
     pthread_mutex_unlock(&rp->mu);
+}
+
+/* Some nng 1.5 transports (tls+tcp) can leave a dialer that saw its connection refused
+ * at the wrong moment never redialing; if no pipe comes back for this long, the
+ * dialer is replaced. */
+#define REDIAL_AFTER_MS 5000
+
+static void
+watch_dialer(struct replica *rp)
+{
+    uint64_t now = repl_now_ms();
+    if (!rp->down_since_ms) {
+        rp->down_since_ms = now;
+        return;
+    }
+    if (now - rp->down_since_ms < REDIAL_AFTER_MS)
+        return;
+    log_info("REPL-REDIAL", "replica=%s address=%s down_ms=%llu", rp->name, rp->address,
+             (unsigned long long)(now - rp->down_since_ms));
+    nng_dialer_close(rp->dialer);
+    if (repl_start_dialer(rp->r, rp) != ERR_OK)
+        log_warn("REPL-REDIAL-FAILED", "replica=%s", rp->name);
+    rp->down_since_ms = now;
 }
 
 static void
@@ -746,6 +774,7 @@ shipper_main(void *arg)
     while (!atomic_load(&r->stopping)) {
         if (atomic_load(&rp->pipe_id) == 0) {
             set_state(rp, RS_UNREACHABLE);
+            watch_dialer(rp);
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_nsec += 200000000;
@@ -757,6 +786,7 @@ shipper_main(void *arg)
             pthread_mutex_unlock(&r->wake_mu);
             continue;
         }
+        rp->down_since_ms = 0;
         sh.gen = atomic_load(&rp->pipe_gen);
         sh.go_back = false;
         sh.fail = ERR_OK;
