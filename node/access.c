@@ -115,6 +115,16 @@ access_who(struct http_req *r)
     return ac && ac->identified ? &ac->who : NULL;
 }
 
+/* retry_after tells a slowed-down client how long its address stays blocked (the
+ * block grows with repeated failures, so a fixed value would be wrong). */
+static void
+retry_after(struct http_req *r)
+{
+    struct node *n = r->app;
+    uint64_t s = auth_retry_after(n->auth, r->peer);
+    http_resp_header(r, "Retry-After", "%llu", (unsigned long long)(s ? s : 1));
+}
+
 /* decide answers the request when it may not proceed; true when it may. */
 static bool
 decide(struct http_req *r, err e, const char *why)
@@ -124,7 +134,7 @@ decide(struct http_req *r, err e, const char *why)
     char chal[900];
     if (e == ERR_TOOMANYREQUESTS) {
         http_resp_error(r, e, why, NULL);
-        http_resp_header(r, "Retry-After", "5");
+        retry_after(r);
         audit_log(n, r, "login", NULL, NULL, NULL, 429, why);
         return false;
     }
@@ -241,7 +251,7 @@ h_token(struct http_req *r, bool nowait)
         auth_challenge(n->auth, NULL, 0, false, chal, sizeof chal);
         http_resp_error(r, e == ERR_TOOMANYREQUESTS ? e : ERR_UNAUTHORIZED, why, NULL);
         if (e == ERR_TOOMANYREQUESTS)
-            http_resp_header(r, "Retry-After", "5");
+            retry_after(r);
         audit_log(n, r, "login", NULL, NULL, NULL, e == ERR_TOOMANYREQUESTS ? 429 : 401, why);
         return ERR_OK;
     }

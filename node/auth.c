@@ -452,6 +452,15 @@ throttled(auth *a, const char *peer, uint64_t *retry_after)
     return t;
 }
 
+uint64_t
+auth_retry_after(auth *a, const char *peer)
+{
+    uint64_t retry = 0;
+    if (!throttled(a, peer, &retry))
+        return 0;
+    return retry ? retry : 1;
+}
+
 static void
 record_failure(auth *a, const char *peer, bool failed)
 {

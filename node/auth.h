@@ -78,6 +78,9 @@ bool auth_parse_scope(const char *s, struct auth_grant *g);
  * when a secret must be hashed or identities reloaded. *why gets a static reason. */
 err auth_identify(auth *a, slice authorization, const char *peer, bool nowait,
                   struct auth_principal *who, const char **why);
+/* auth_retry_after: the seconds (at least 1) until peer may try to log in again, or 0
+ * when it is not being slowed down. */
+uint64_t auth_retry_after(auth *a, const char *peer);
 /* auth_allows: who may do all of actions on repo (NULL repo: on any repository). */
 bool auth_allows(const auth *a, const struct auth_principal *who, const char *repo,
                  unsigned actions);
