@@ -565,9 +565,26 @@ h_audit(struct http_req *r, bool nowait)
             buf_adds(&out, "null");
         buf_adds(&out, "}");
     }
-    if (more)
-        http_resp_header(r, "Link", "</_georeg/v1/audit?cursor=%s&limit=%llu>; rel=\"next\"", q.last,
-                         (unsigned long long)limit);
+    if (more) {
+        /* the next page of the same query: its filters, limit and format, a new cursor */
+        buf link = BUF_INIT;
+        const char *p = r->query.ptr, *end = r->query.ptr + r->query.len;
+        while (p && p < end) {
+            const char *amp = memchr(p, '&', (size_t)(end - p));
+            const char *pe = amp ? amp : end;
+            size_t l = (size_t)(pe - p);
+            bool is_cursor =
+                (l >= 7 && !memcmp(p, "cursor=", 7)) || (l == 6 && !memcmp(p, "cursor", 6));
+            if (l && !is_cursor) {
+                buf_add(&link, p, l);
+                buf_addc(&link, '&');
+            }
+            p = pe + 1;
+        }
+        http_resp_header(r, "Link", "</_georeg/v1/audit?%scursor=%s>; rel=\"next\"",
+                         link.len ? link.ptr : "", q.last);
+        buf_release(&link);
+    }
     r->resp.status = 200;
     buf_release(&r->resp.body);
     r->resp.body = out;
