@@ -77,8 +77,12 @@ open_auth(struct node *n)
         str_copy(realm, sizeof realm, c->auth_realm);
     else if (c->public_url[0])
         snprintf(realm, sizeof realm, "%s/_georeg/v1/token", c->public_url);
-    else
-        snprintf(realm, sizeof realm, "http://%s/_georeg/v1/token", c->listen);
+    else if (c->http_enabled) /* the public listener: https when it has TLS */
+        snprintf(realm, sizeof realm, "%s://%s/_georeg/v1/token",
+                 c->http_tls.cert[0] ? "https" : "http", c->listen);
+    else /* only the private listener serves */
+        snprintf(realm, sizeof realm, "%s://%s/_georeg/v1/token",
+                 c->private_tls.cert[0] ? "https" : "http", c->private_listen);
     struct auth_options o = {
         .mode = (enum auth_mode)c->auth_mode,
         .service = c->auth_service,
