@@ -598,10 +598,13 @@ repl_status_json(repl *r, buf *b)
     str_copy(aerrs, sizeof aerrs, r->apply_error);
     pthread_mutex_unlock(&r->smu);
     bool connected = atomic_load(&r->rpipe_id) != 0;
-    double stale = applied >= phead ? 0.0 : caught ? (double)(now - caught) / 1000.0 : -1.0;
+    bool cut = !connected || !contact || now - contact > 3 * r->heartbeat_ms + 2000;
+    /* cut off, we cannot know the primary's head: stale since last known current */
+    double stale = applied >= phead && !cut ? 0.0
+                   : caught                 ? (double)(now - caught) / 1000.0
+                                            : -1.0;
     const char *state = resyncing ? "resyncing"
-                        : !connected || !contact || now - contact > 3 * r->heartbeat_ms + 2000
-                            ? "disconnected"
+                        : cut     ? "disconnected"
                         : applied >= phead ? "in-sync"
                                            : "catching-up";
     buf_addf(b, ",\"state\":\"%s\",\"applied_seq\":%llu,\"primary_head_seq\":%llu", state,
@@ -641,8 +644,10 @@ repl_metrics(repl *r, buf *b)
         uint64_t applied = store_applied_seq(r->store);
         pthread_mutex_lock(&r->smu);
         uint64_t phead = r->primary_head, caught = r->caught_up_ms;
+        uint64_t contact = r->last_contact_ms;
         pthread_mutex_unlock(&r->smu);
-        double stale = applied >= phead || !caught ? 0.0 : (double)(now - caught) / 1000.0;
+        bool cut = !contact || now - contact > 3 * r->heartbeat_ms + 2000;
+        double stale = (applied >= phead && !cut) || !caught ? 0.0 : (double)(now - caught) / 1000.0;
         buf_addf(b, "# HELP georeg_repl_applied_seq highest primary sequence applied\n"
                     "# TYPE georeg_repl_applied_seq gauge\ngeoreg_repl_applied_seq %llu\n",
                  (unsigned long long)applied);
