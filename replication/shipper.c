@@ -104,7 +104,7 @@ static bool
 broken(struct ship *sh)
 {
     struct replica *rp = sh->rp;
-    if (atomic_load(&sh->r->stopping) || sh->go_back || sh->fail)
+    if (atomic_load(&sh->r->stopping) || atomic_load(&sh->r->demoted) || sh->go_back || sh->fail)
         return true;
     if (atomic_load(&rp->pipe_gen) != sh->gen || atomic_load(&rp->pipe_id) == 0)
         return true;
@@ -772,6 +772,20 @@ shipper_main(void *arg)
     }
     set_state(rp, RS_UNREACHABLE);
     while (!atomic_load(&r->stopping)) {
+        if (atomic_load(&r->demoted)) {
+            /* fenced by a higher epoch: this node is no longer the primary, and its
+             * messages, now stamped with the adopted epoch, must not reach anyone */
+            set_error(rp, "this node is fenced: a node with a higher epoch is primary");
+            pthread_mutex_lock(&r->wake_mu);
+            if (!atomic_load(&r->stopping)) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_sec += 1;
+                pthread_cond_timedwait(&r->wake_cv, &r->wake_mu, &ts);
+            }
+            pthread_mutex_unlock(&r->wake_mu);
+            continue;
+        }
         if (atomic_load(&rp->pipe_id) == 0) {
             set_state(rp, RS_UNREACHABLE);
             watch_dialer(rp);
