@@ -162,13 +162,28 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     pthread_mutex_init(&r->smu, NULL);
 
     buf v = BUF_INIT;
-    uint64_t epoch = 1;
+    uint64_t epoch = 1, fenced = 0;
     if (store_meta_get(s, "repl/epoch", &v) == ERR_OK)
         slice_parse_u64(buf_slice(&v), &epoch);
+    buf_reset(&v);
+    if (store_meta_get(s, "repl/fenced", &v) == ERR_OK)
+        slice_parse_u64(buf_slice(&v), &fenced);
     buf_release(&v);
     if (o->min_epoch > epoch)
         epoch = o->min_epoch;
     atomic_store(&r->epoch, epoch);
+    /* A primary fenced by a higher epoch (wire_epoch_check) stays fenced across
+     * restarts, until it is promoted again with replication.epoch above that epoch. */
+    if (r->primary && fenced) {
+        if (o->min_epoch > fenced) {
+            store_meta_put(s, "repl/fenced", "0", 1);
+        } else {
+            atomic_store(&r->demoted, true);
+            log_warn("REPL-FENCED", "epoch=%llu msg=\"a node with a higher epoch is primary; "
+                     "not accepting writes (set replication.epoch above %llu to promote)\"",
+                     (unsigned long long)fenced, (unsigned long long)fenced);
+        }
+    }
 
     if (r->primary) {
         r->replicas = calloc(o->nreplicas ? o->nreplicas : 1, sizeof *r->replicas);

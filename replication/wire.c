@@ -148,6 +148,8 @@ wire_epoch_check(repl *r, const envelope *env)
         char v[24];
         int n = snprintf(v, sizeof v, "%llu", (unsigned long long)env->epoch);
         store_meta_put(r->store, "repl/epoch", v, (size_t)n);
+        if (r->primary)
+            store_meta_put(r->store, "repl/fenced", v, (size_t)n); /* survives restarts */
         if (r->primary && !atomic_exchange(&r->demoted, true))
             log_warn("REPL-DEMOTED", "sender=%s epoch=%llu action=stop_accepting_writes",
                      env->sender, (unsigned long long)env->epoch);
