@@ -114,6 +114,8 @@ test: test-tools
 	$(TEST_ENV) GEOREG_BIN=$(abspath build/georeg) $(PYTHON) -m pytest -q -rs tests/integration $(PYTEST_ARGS)
 	$(TEST_ENV) GEOREG_BIN=$(abspath build/asan/georeg) GEOREG_ASAN=1 $(PYTHON) -m pytest -q -rs \
 	    tests/integration $(PYTEST_ARGS)
+	$(TEST_ENV) $(PYTHON) -m pytest -q tests/tools
+	bash deploy/compose-test.sh
 
 bench:
 	bash scripts/bench/run.sh

@@ -210,6 +210,7 @@ static const struct key keys[] = {
     {"http.tls.key", K_STR, F(http_tls.key)},
     {"http.allow", K_LIST, F(http_allow)},
     {"http.enabled", K_BOOL, F(http_enabled)},
+    {"http.insecure", K_BOOL, F(http_insecure)},
     {"http.private.listen", K_STR, F(private_listen)},
     {"http.private.allow", K_LIST, F(private_allow)},
     {"http.private.tls.cert", K_STR, F(private_tls.cert)},
@@ -580,5 +581,24 @@ cfg_load(struct cfg *c, const char *path, char *why, size_t why_len)
     }
 out:
     flat_free(&f);
+    return e;
+}
+
+err
+cfg_validate(const struct cfg *c, char *why, size_t why_len)
+{
+    err e = ERR_OK;
+    /* plain HTTP only where configured: loopback, or http.insecure */
+    const char *plain = c->http_enabled && !c->http_tls.cert[0] ? c->listen : NULL;
+    if (!plain && c->private_listen[0] && !c->private_tls.cert[0])
+        plain = c->private_listen;
+    if (plain && !c->http_insecure && strncmp(plain, "127.", 4) != 0 &&
+        strncmp(plain, "localhost:", 10) != 0 && strncmp(plain, "[::1]:", 6) != 0) {
+        snprintf(why, why_len,
+                 "plain HTTP on %s: set http.tls (or http.insecure: true to allow plain HTTP)",
+                 plain);
+        e = ERR_CONFIG;
+        return e;
+    }
     return e;
 }

@@ -51,6 +51,7 @@ struct cfg {
     struct cfg_tls http_tls;
     struct cfg_globs http_allow; /* CIDRs for the public listener (none: any) */
     bool http_enabled;           /* false: no public listener (private endpoint only) */
+    bool http_insecure;          /* plain HTTP allowed on non-loopback addresses */
     char private_listen[128];
     struct cfg_globs private_allow;
     struct cfg_tls private_tls;
@@ -92,6 +93,9 @@ void cfg_defaults(struct cfg *c);
 /* cfg_load reads path (NULL: no file) over c, then the environment. On error *why
  * receives a message naming the key (static or in why_buf). */
 err cfg_load(struct cfg *c, const char *path, char *why, size_t why_len);
+/* cfg_validate checks rules that span keys, after flags were applied (plain HTTP only
+ * on loopback unless http.insecure). ERR_CONFIG with a message in why. */
+err cfg_validate(const struct cfg *c, char *why, size_t why_len);
 /* cfg_release frees the glob strings. */
 void cfg_release(struct cfg *c);
 /* cfg_parse_duration parses "250ms", "10s", "5m", "2h", "30d" or a bare number of

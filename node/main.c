@@ -72,6 +72,11 @@ cmd_serve(int argc, char **argv)
         str_copy(cfg.data_dir, sizeof cfg.data_dir, data);
     if (name)
         str_copy(cfg.name, sizeof cfg.name, name);
+    if (cfg_validate(&cfg, why, sizeof why)) {
+        fprintf(stderr, "georeg: config: %s\n", why);
+        cfg_release(&cfg);
+        return 2;
+    }
     log_set_level(cfg.log_level);
 
     /* storage steps of every loop share libuv's pool: size it before first use */
