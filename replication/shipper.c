@@ -375,7 +375,8 @@ dup_slice(slice s)
 {
     char *p = malloc(s.len + 1);
     if (p) {
-        memcpy(p, s.ptr, s.len);
+        if (s.len) /* an absent field is {NULL, 0}: memcpy from NULL is undefined */
+            memcpy(p, s.ptr, s.len);
         p[s.len] = '\0';
     }
     return p;
