@@ -107,8 +107,8 @@ def challenge(resp):
 
 class AuthNode(Node):
     """A georeg node started with --config from sections (dicts): auth, http
-    (merged over listen), audit, replication, storage. tls_ca: the CA file that
-    signs http.tls (requests then use https). src: the default source address
+    (merged over listen), audit, replication, storage. ca: the CA file that
+    signs http.tls (requests then use https and trust only it). src: the default source address
     of this node's requests (for a listener that only allows some addresses)."""
 
     def __init__(self, workdir, name, sections, ca=None, src=None, port=None, env=None,

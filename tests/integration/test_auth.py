@@ -81,10 +81,23 @@ class AuthNodes:
         n = AuthNode(workdir, name, sections, ca=ca, src=src, port=port,
                      admin_password=password)
         n.password_file = pwfile
+        n.auto_port = port is None
         self.mgr.nodes.append(n)
         if start:
-            n.start()
+            self.start(n)
         return n
+
+    @staticmethod
+    def start(n):
+        """n.start(); when the port free_port() chose was taken meanwhile by some
+        other socket (a client's ephemeral port), again on another one."""
+        for attempt in range(3):
+            try:
+                return n.start()
+            except RuntimeError as e:
+                if not n.auto_port or "Address already in use" not in str(e) or attempt == 2:
+                    raise
+                n.port = itlib.free_port()
 
     def close(self):
         self.mgr.close()
@@ -480,7 +493,7 @@ def test_token_for_another_service_refused(make_node):
         n.admin_password = a.admin_password
         with open(n.password_file, "w") as f:
             f.write(a.admin_password + "\n")
-        n.start()
+        make_node.start(n)
     repo = "svc/app-" + uid()
     for n in (a, b, c):
         make_image(As(n, n.admin), repo, "1")
@@ -512,7 +525,7 @@ def test_disabled_admin_refused(make_node):
     ops_creds = ("ops", ops["secret"])
     node.stop()
     node.sections["auth"]["admin_enabled"] = False
-    node.start()
+    make_node.start(node)
     assert "AUTH-ADMIN-DISABLED" in node.log()
     src = new_src()
     r = node.req("GET", "/v2/", auth=node.admin, src=src)
