@@ -360,9 +360,11 @@ receiver_main(void *arg)
             pthread_mutex_lock(&r->smu);
             bool silent = r->last_contact_ms && now - r->last_contact_ms > silent_limit;
             /* caught up only counts while the primary is heard from; cut off, the
-             * staleness grows from the last time we were known to be current */
-            if (applied >= r->primary_head && !silent)
-                r->caught_up_ms = now;
+             * staleness grows from the last time we were known to be current: the
+             * last contact, not the last poll (which would hide the first seconds of
+             * silence, up to silent_limit) */
+            if (applied >= r->primary_head && !silent && r->last_contact_ms)
+                r->caught_up_ms = r->last_contact_ms;
             pthread_mutex_unlock(&r->smu);
             uint32_t cur = atomic_load(&r->rpipe_id);
             if (silent && cur) {
