@@ -6,6 +6,8 @@
 #include <string.h>
 #include <uv.h>
 
+#include <nng/nng.h>
+
 #include "../common/log.h"
 #include "cli.h"
 #include "config.h"
@@ -88,13 +90,14 @@ cmd_serve(int argc, char **argv)
     struct node *n = NULL;
     err e = node_open(&cfg, &n);
     if (e) {
-        fprintf(stderr, "georeg: cannot start: %s\n", err_str(e));
+        fprintf(stderr, "georeg: cannot start (%s): see the error logged above\n", err_str(e));
         cfg_release(&cfg);
         return 1;
     }
     e = node_run(n);
     node_close(n);
     cfg_release(&cfg);
+    nng_fini(); /* nng's threads and queued messages go before the process does */
     return e ? 1 : 0;
 }
 

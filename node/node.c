@@ -45,8 +45,11 @@ open_repl(struct node *n)
     char url[300];
     if (c->public_url[0])
         str_copy(url, sizeof url, c->public_url);
+    else if (c->http_enabled)
+        snprintf(url, sizeof url, "%s://%s", c->http_tls.cert[0] ? "https" : "http", c->listen);
     else
-        snprintf(url, sizeof url, "http://%s", c->listen);
+        snprintf(url, sizeof url, "%s://%s", c->private_tls.cert[0] ? "https" : "http",
+                 c->private_listen);
     struct repl_options o = {
         .node_name = c->name,
         .primary = c->primary,
