@@ -495,7 +495,7 @@ cfg_defaults(struct cfg *c)
     c->max_header_bytes = 16384;
     c->max_manifest_bytes = 4u << 20;
     c->inline_max = 64 * 1024;
-    c->cache_bytes = 64u << 20;
+    c->cache_bytes = 32u << 20;
     c->upload_max_age_s = 24 * 3600;
     c->primary = true;
     c->repl_window = 64;

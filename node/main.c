@@ -1,5 +1,6 @@
 /* The georeg command: `serve` runs a node; the other commands talk to a running
  * node over its HTTP API. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,10 @@ main(int argc, char **argv)
 {
     /* a peer that goes away must cost us an EPIPE, not the process */
     signal(SIGPIPE, SIG_IGN);
+    /* few malloc arenas: the pool's threads otherwise each keep their own, and the
+     * process holds on to memory it used once (measured: 130 MiB peak, see
+     * docs/BENCHMARKS.md) */
+    mallopt(M_ARENA_MAX, 2);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -1,6 +1,7 @@
 /* Node lifecycle: open the store, bind HTTP, serve until a signal, drain, close. */
 #include "node.h"
 
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -235,6 +236,7 @@ housekeeping_work(uv_work_t *w)
         last_purge = now;
     }
     repl_housekeeping(n->repl);
+    malloc_trim(0); /* give back what a burst (a big upload, a resync) left behind */
     static _Thread_local uint64_t last_trim;
     if (now - last_trim >= 600) {
         uint64_t keep_ms = n->cfg->audit_retention_ms;

@@ -324,7 +324,19 @@ store_open(const char *dir, const struct store_options *opt, store **out)
     s->bbto = rocksdb_block_based_options_create();
     rocksdb_block_based_options_set_block_cache(s->bbto, s->cache);
     rocksdb_block_based_options_set_filter_policy(s->bbto, rocksdb_filterpolicy_create_bloom(10));
+    /* point lookups (tags, links, manifests) find their key inside a block by hash */
+    rocksdb_block_based_options_set_data_block_index_type(
+        s->bbto, rocksdb_block_based_table_data_block_index_type_binary_search_and_hash);
+    rocksdb_block_based_options_set_data_block_hash_ratio(s->bbto, 0.75);
     rocksdb_options_set_block_based_table_factory(s->opts, s->bbto);
+    /* Small memtables, with one budget for all column families: memory stays
+     * bounded (the defaults allow 64 MiB per family), and a registry with many
+     * tags is looked up through flushed, bloom-filtered tables rather than through
+     * one huge skiplist, so lookup cost does not grow with the registry. */
+    rocksdb_options_set_write_buffer_size(s->opts, 4u << 20);
+    rocksdb_options_set_max_write_buffer_number(s->opts, 2);
+    rocksdb_options_set_db_write_buffer_size(s->opts, 32u << 20);
+    rocksdb_options_set_level_compaction_dynamic_level_bytes(s->opts, 1);
 
     const rocksdb_options_t *cfopts[CF__COUNT];
     for (int i = 0; i < CF__COUNT; i++)
