@@ -149,8 +149,11 @@ manifest_parse(slice body, slice content_type, struct manifest_info *out, const 
         *why = "artifactType is not a string";
         goto out;
     }
-    if (at)
-        str_copy(out->artifact_type, sizeof out->artifact_type, json_string_value(at));
+    /* the referrers API serves artifact_type: never a truncated one */
+    if (at && !str_copy(out->artifact_type, sizeof out->artifact_type, json_string_value(at))) {
+        *why = "artifactType is longer than 255 bytes";
+        goto out;
+    }
 
     json_t *list;
     json_t *config = NULL;
@@ -189,8 +192,11 @@ manifest_parse(slice body, slice content_type, struct manifest_info *out, const 
         if (!parse_descriptor(config, &out->refs[out->nrefs], &cmt, why))
             goto out;
         out->nrefs++;
-        if (!out->artifact_type[0])
-            str_copy(out->artifact_type, sizeof out->artifact_type, cmt);
+        if (!out->artifact_type[0] &&
+            !str_copy(out->artifact_type, sizeof out->artifact_type, cmt)) {
+            *why = "config mediaType is longer than 255 bytes";
+            goto out;
+        }
     }
     for (size_t i = 0; list && i < json_array_size(list); i++) {
         json_t *d = json_array_get(list, i);
