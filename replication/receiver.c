@@ -155,7 +155,7 @@ apply_one(struct recv *rc, const Georeg__Repl__Event *pe, bool resyncing)
         if (ok && (ev.type == EV_BLOB_LINK || ev.type == EV_BLOB_UNLINK ||
                    ev.type == EV_MANIFEST_PUT || ev.type == EV_MANIFEST_DELETE))
             ok = ref_digest_valid(ev.digest);
-        if (ok && ev.tag.len)
+        if (ok && (meta || ev.tag.len)) /* a metadata event always names its key */
             ok = meta ? meta_key_valid(pe->tag) : ref_tag_valid(ev.tag);
         if (ok && ev.type == EV_TAG_DELETE)
             ok = ev.tag.len > 0;
