@@ -738,7 +738,10 @@ stream(struct ship *sh, uint64_t from)
         ts.tv_sec += ts.tv_nsec / 1000000000;
         ts.tv_nsec %= 1000000000;
         pthread_mutex_lock(&r->wake_mu);
-        if (store_log_head(r->store) < cursor && !atomic_load(&r->stopping))
+        /* wake_seq, not store_log_head(): the commit hook (on_commit) takes wake_mu
+         * under the store's commit mutex, so taking the commit mutex here, under
+         * wake_mu, would deadlock a push against this shipper */
+        if (r->wake_seq < cursor && !atomic_load(&r->stopping))
             pthread_cond_timedwait(&r->wake_cv, &r->wake_mu, &ts);
         pthread_mutex_unlock(&r->wake_mu);
     }
