@@ -15,6 +15,8 @@ Environment:
   BENCH_PERF=1     perf-record georeg during the first manifest GET run
   BENCH_ONLY=a,b   run only these sections: skopeo,mono,put,get,limits,rss,growth,repl
   BENCH_KEEP=1     keep the run directory (build/bench/run) afterwards
+  BENCH_BUDGET_S=N seconds bench.py may use (default 540, QUICK 420); replication
+                   rounds after the first are skipped, with a note, past it
 
 No assertions on numbers: the exit code is non-zero only if the harness itself
 failed (a server did not start, a request that sets up data failed, ...).
