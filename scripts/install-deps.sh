@@ -8,14 +8,16 @@ BUILD_PKGS="build-essential pkg-config libuv1-dev node-llhttp librocksdb-dev lib
   libcurl4-openssl-dev libcmocka-dev"
 TEST_PKGS="python3 python3-pytest skopeo curl openssl"
 BENCH_PKGS="docker-registry nginx-light wrk"
+FUZZ_PKGS="clang libclang-rt-14-dev"
 
 want="$BUILD_PKGS"
 case "${1:-}" in
     --test) want="$BUILD_PKGS $TEST_PKGS" ;;
     --bench) want="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
     --all) want="$BUILD_PKGS $TEST_PKGS $BENCH_PKGS" ;;
+    --fuzz) want="$BUILD_PKGS $FUZZ_PKGS" ;;
     "") ;;
-    *) echo "usage: $0 [--test|--bench|--all]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--test|--bench|--all|--fuzz]" >&2; exit 2 ;;
 esac
 
 missing=""
