@@ -227,6 +227,8 @@ commit_locked(store *s, rocksdb_writebatch_t *wb, struct store_event *ev)
     e = rdb_err("write", msg);
     if (!e && seq > s->head)
         s->head = seq;
+    if (!e)
+        atomic_fetch_add(&s->gen, 1); /* after the write is visible: see mcache_get */
     if (!e && seq && s->hook)
         s->hook(s->hook_arg, seq);
 out:
@@ -301,6 +303,12 @@ store_open(const char *dir, const struct store_options *opt, store **out)
     pthread_mutex_init(&s->commit_mu, NULL);
     pthread_mutex_init(&s->uploads_mu, NULL);
     pthread_mutex_init(&s->audit_mu, NULL);
+    for (int i = 0; i < MCACHE_SHARDS; i++)
+        pthread_mutex_init(&s->mcache_mu[i], NULL);
+    s->gen = 1;
+    s->mcache = calloc(MCACHE_SLOTS, sizeof *s->mcache);
+    if (!s->mcache)
+        goto out;
     s->inline_max = opt && opt->inline_max ? opt->inline_max : 64 * 1024;
     if (!str_copy(s->dir, sizeof s->dir, dir)) {
         e = ERR_INVALID;
@@ -392,6 +400,9 @@ store_close(store *s)
     pthread_mutex_destroy(&s->commit_mu);
     pthread_mutex_destroy(&s->uploads_mu);
     pthread_mutex_destroy(&s->audit_mu);
+    for (int i = 0; i < MCACHE_SHARDS; i++)
+        pthread_mutex_destroy(&s->mcache_mu[i]);
+    free(s->mcache);
     free(s);
 }
 
@@ -705,6 +716,56 @@ store_manifest_put(store *s, const struct store_manifest_put *m, char missing[DI
     return e;
 }
 
+/* ---- the hot-manifest cache ---- */
+
+static uint32_t
+key_hash(const char *k, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)k[i]) * 16777619u;
+    return h;
+}
+
+/* mcache_get copies a cached manifest into out. An entry is only used when no
+ * commit happened since it was filled: its gen was read before the lookup that
+ * filled it, and gen moves after each write becomes visible. */
+static bool
+mcache_get(store *s, const buf *k, uint32_t h, struct store_manifest *out)
+{
+    struct mcache_slot *e = &s->mcache[h % MCACHE_SLOTS];
+    pthread_mutex_t *mu = &s->mcache_mu[h % MCACHE_SHARDS];
+    bool hit = false;
+    pthread_mutex_lock(mu);
+    if (e->gen && e->gen == atomic_load(&s->gen) && e->hash == h && k->len < sizeof e->key &&
+        memcmp(e->key, k->ptr, k->len + 1) == 0) {
+        str_copy(out->digest, sizeof out->digest, e->digest);
+        str_copy(out->media_type, sizeof out->media_type, e->media_type);
+        hit = buf_add(&out->body, e->body, e->len) == ERR_OK;
+    }
+    pthread_mutex_unlock(mu);
+    return hit;
+}
+
+static void
+mcache_put(store *s, const buf *k, uint32_t h, uint64_t gen, const struct store_manifest *m)
+{
+    if (m->body.len > MCACHE_BODY_MAX || k->len >= REF_KEY_MAX ||
+        strlen(m->media_type) >= sizeof s->mcache[0].media_type)
+        return;
+    struct mcache_slot *e = &s->mcache[h % MCACHE_SLOTS];
+    pthread_mutex_t *mu = &s->mcache_mu[h % MCACHE_SHARDS];
+    pthread_mutex_lock(mu);
+    e->gen = gen;
+    e->hash = h;
+    memcpy(e->key, k->ptr, k->len + 1);
+    str_copy(e->digest, sizeof e->digest, m->digest);
+    str_copy(e->media_type, sizeof e->media_type, m->media_type);
+    memcpy(e->body, m->body.ptr, m->body.len);
+    e->len = m->body.len;
+    pthread_mutex_unlock(mu);
+}
+
 err
 store_manifest_get(store *s, const char *repo, const char *ref, unsigned flags,
                    struct store_manifest *out)
@@ -713,6 +774,11 @@ store_manifest_get(store *s, const char *repo, const char *ref, unsigned flags,
     err e;
     buf_init(&out->body);
     if ((e = key2(&k, repo, ref)))
+        goto out;
+    /* key2 wrote repo\0ref; the hash covers both parts */
+    uint32_t h = key_hash(k.ptr, k.len);
+    uint64_t gen = atomic_load(&s->gen);
+    if (mcache_get(s, &k, h, out))
         goto out;
     if (ref_is_digest(slice_of_cstr(ref))) {
         e = rget(s, CF_MANIFEST_LINKS, flags, k.ptr, k.len, NULL);
@@ -742,6 +808,7 @@ store_manifest_get(store *s, const char *repo, const char *ref, unsigned flags,
     buf_truncate(&v, v.len - 2 - mtl);
     out->body = v;
     buf_init(&v);
+    mcache_put(s, &k, h, gen, out);
 out:
     buf_release(&k);
     buf_release(&v);

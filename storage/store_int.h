@@ -9,6 +9,9 @@
 
 #include "store.h"
 
+/* repo (255) + \0 + tag or digest (136) */
+#define REF_KEY_MAX 400
+
 enum store_cf {
     CF_DEFAULT = 0,    /* node metadata: "m/..." internal, "u/..." store_meta_* */
     CF_BLOBS,          /* digest -> blob record (size, inline bytes or file) */
@@ -26,6 +29,23 @@ enum store_cf {
 };
 
 #define UPLOAD_BUCKETS 256
+
+/* The hot-manifest cache: direct-mapped slots keyed by repo\0ref, valid while no
+ * commit happened since they were filled (store->gen). Bounded: MCACHE_SLOTS slots
+ * of at most MCACHE_BODY_MAX bytes each (8 MiB in all). */
+#define MCACHE_SLOTS 2048
+#define MCACHE_SHARDS 64
+#define MCACHE_BODY_MAX 4096
+
+struct mcache_slot {
+    uint64_t gen; /* 0: empty */
+    uint32_t hash;
+    char key[REF_KEY_MAX];
+    char digest[DIGEST_MAX];
+    char media_type[128];
+    size_t len;
+    char body[MCACHE_BODY_MAX];
+};
 /* A seq argument meaning "apply but do not log" (resync records). */
 #define SEQ_NOLOG UINT64_MAX
 
@@ -55,6 +75,11 @@ struct store {
     size_t nuploads;
 
     _Atomic uint64_t rmeta_version;
+
+    /* bumped after every commit: what was read before is possibly stale */
+    _Atomic uint64_t gen;
+    pthread_mutex_t mcache_mu[MCACHE_SHARDS];
+    struct mcache_slot *mcache;
 
     pthread_mutex_t audit_mu;
     uint64_t audit_last_us; /* audit keys are strictly increasing */
