@@ -25,6 +25,7 @@ struct recv {
     repl *r;
     bool url_configured;
     struct ingest in;
+    slice payload;           /* bulk bytes of the message being handled */
     char failed[DIGEST_MAX]; /* blob the primary must resend */
     char done[DIGEST_MAX];
     char error[256];
@@ -76,19 +77,21 @@ on_chunk(struct recv *rc, const Georeg__Repl__BlobChunk *c)
         str_copy(rc->in.digest, sizeof rc->in.digest, c->digest);
         rc->in.size = c->size;
     }
+    /* the bytes come as the message's payload (or, from an older sender, inline) */
+    slice data = rc->payload.len ? rc->payload : (slice){(const char *)c->data.data, c->data.len};
     if (c->size != rc->in.size || c->offset != store_upload_offset(rc->in.u) ||
-        c->offset + c->data.len > c->size) {
+        c->offset + data.len > c->size) {
         chunk_failed(rc, c->digest, "chunk out of order or beyond the blob's size");
         return;
     }
-    err e = store_upload_write(rc->in.u, c->data.data, c->data.len);
+    err e = store_upload_write(rc->in.u, data.ptr, data.len);
     if (e) {
         chunk_failed(rc, c->digest, err_str(e));
         return;
     }
     pthread_mutex_lock(&rc->r->smu);
     if (rc->r->resyncing)
-        rc->r->resync_bytes += c->data.len;
+        rc->r->resync_bytes += data.len;
     pthread_mutex_unlock(&rc->r->smu);
     if (!c->last)
         return;
@@ -352,7 +355,8 @@ receiver_main(void *arg)
     while (!atomic_load(&r->stopping)) {
         envelope *env = NULL;
         uint32_t pipe = 0;
-        err e = wire_recv(r, r->rsock, 200, &env, &pipe);
+        nng_msg *msg = NULL;
+        err e = wire_recv(r, r->rsock, 200, &env, &pipe, &rc.payload, &msg);
         if (e == ERR_TIMEOUT) {
             uint64_t applied = store_applied_seq(r->store);
             uint64_t now = repl_now_ms();
@@ -389,6 +393,8 @@ receiver_main(void *arg)
         }
         handle(&rc, env);
         georeg__repl__envelope__free_unpacked(env, NULL);
+        nng_msg_free(msg);
+        rc.payload = (slice){NULL, 0};
     }
     ingest_drop(&rc);
     return NULL;

@@ -128,10 +128,17 @@ uint64_t repl_now_ms(void);
 /* wire.c */
 err wire_tls_config(repl *r, bool server, nng_tls_config **out);
 err wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id);
+/* wire_send_payload also sends plen bulk bytes after the envelope, written into the
+ * message by fill (so they are copied once, from their source). */
+err wire_send_payload(repl *r, nng_socket s, envelope *env, uint64_t msg_id, size_t plen,
+                      err (*fill)(void *arg, char *dst, size_t n), void *arg);
 /* wire_recv waits up to timeout_ms (0: poll) for one envelope; ERR_TIMEOUT when none.
  * Rejects (ERR_PROTOCOL) undecodable messages and other protocol versions. Free the
- * result with georeg__repl__envelope__free_unpacked(env, NULL). */
-err wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *pipe);
+ * result with georeg__repl__envelope__free_unpacked(env, NULL). With payload and
+ * keep, *payload borrows the bulk bytes from *keep, which the caller frees with
+ * nng_msg_free; without them any payload is dropped. */
+err wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *pipe,
+              slice *payload, nng_msg **keep);
 /* wire_epoch_check applies the epoch rule to a received envelope: ERR_EPOCH_STALE
  * when it is older than ours; a newer one is adopted (and demotes a primary). */
 err wire_epoch_check(repl *r, const envelope *env);

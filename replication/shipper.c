@@ -145,18 +145,25 @@ account_sent(struct replica *rp, size_t bytes)
 }
 
 static err
-send_env(struct ship *sh, envelope *env)
+send_env_payload(struct ship *sh, envelope *env, size_t plen,
+                 err (*fill)(void *arg, char *dst, size_t n), void *arg)
 {
     struct replica *rp = sh->rp;
     uint64_t id = ++rp->next_msg_id;
     size_t n = georeg__repl__envelope__get_packed_size(env);
-    err e = wire_send(sh->r, rp->sock, env, id);
+    err e = wire_send_payload(sh->r, rp->sock, env, id, plen, fill, arg);
     if (e) {
         sh->fail = e;
         return e;
     }
-    account_sent(rp, n);
+    account_sent(rp, n + plen);
     return ERR_OK;
+}
+
+static err
+send_env(struct ship *sh, envelope *env)
+{
+    return send_env_payload(sh, env, 0, NULL, NULL);
 }
 
 /* ---- receiving acks and replies ---- */
@@ -199,7 +206,7 @@ pump(struct ship *sh, int timeout_ms)
 {
     struct replica *rp = sh->rp;
     envelope *env = NULL;
-    err e = wire_recv(sh->r, rp->sock, timeout_ms, &env, NULL);
+    err e = wire_recv(sh->r, rp->sock, timeout_ms, &env, NULL, NULL, NULL);
     if (e)
         return e;
     if (wire_epoch_check(sh->r, env) == ERR_EPOCH_STALE) {
@@ -277,6 +284,32 @@ known_add(struct replica *rp, const char *digest)
     rp->known_next = (rp->known_next + 1) % REPL_KNOWN_BLOBS;
 }
 
+/* Where a chunk's bytes come from: read straight into the outgoing message. */
+struct chunk_src {
+    struct store_blob *b;
+    uint64_t off;
+};
+
+static err
+fill_chunk(void *arg, char *dst, size_t n)
+{
+    struct chunk_src *cs = arg;
+    if (cs->b->is_inline) {
+        memcpy(dst, cs->b->data.ptr + cs->off, n);
+        return ERR_OK;
+    }
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = pread(cs->b->fd, dst + got, n - got, (off_t)(cs->off + got));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return ERR_IO;
+        got += (size_t)k;
+    }
+    return ERR_OK;
+}
+
 static err
 ensure_blob(struct ship *sh, const char *digest, uint64_t size)
 {
@@ -316,43 +349,20 @@ ensure_blob(struct ship *sh, const char *digest, uint64_t size)
                   err_name(e));
         return e;
     }
-    size_t cap = (size_t)(size < r->chunk_bytes ? (size ? size : 1) : r->chunk_bytes);
-    char *chunk = malloc(cap);
-    if (!chunk) {
-        store_blob_release(&b);
-        return ERR_NOMEM;
-    }
+    struct chunk_src src = {.b = &b};
     uint64_t off = 0;
     do {
-        size_t n = (size_t)(size - off < cap ? size - off : cap);
-        if (b.is_inline) {
-            memcpy(chunk, b.data.ptr + off, n);
-        } else {
-            size_t got = 0;
-            while (got < n) {
-                ssize_t k = pread(b.fd, chunk + got, n - got, (off_t)(off + got));
-                if (k < 0 && errno == EINTR)
-                    continue;
-                if (k <= 0) {
-                    e = ERR_IO;
-                    break;
-                }
-                got += (size_t)k;
-            }
-            if (e)
-                break;
-        }
+        size_t n = (size_t)(size - off < r->chunk_bytes ? size - off : r->chunk_bytes);
         Georeg__Repl__BlobChunk c = GEOREG__REPL__BLOB_CHUNK__INIT;
         c.digest = (char *)digest;
         c.size = size;
         c.offset = off;
-        c.data.data = (uint8_t *)chunk;
-        c.data.len = n;
         c.last = off + n == size;
         envelope ce = GEOREG__REPL__ENVELOPE__INIT;
         ce.body_case = GEOREG__REPL__ENVELOPE__BODY_CHUNK;
         ce.chunk = &c;
-        if ((e = wait_window(sh)) || (e = send_env(sh, &ce)))
+        src.off = off;
+        if ((e = wait_window(sh)) || (e = send_env_payload(sh, &ce, n, fill_chunk, &src)))
             break;
         off += n;
         if (sh->resync) {
@@ -361,7 +371,6 @@ ensure_blob(struct ship *sh, const char *digest, uint64_t size)
             pthread_mutex_unlock(&rp->mu);
         }
     } while (off < size);
-    free(chunk);
     store_blob_release(&b);
     if (!e)
         known_add(rp, digest);

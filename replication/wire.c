@@ -75,21 +75,39 @@ out:
     return e;
 }
 
+/* A message is [u32 big-endian length of the envelope][envelope][payload]: bulk
+ * bytes (blob chunks) travel as the payload, outside protobuf, so they are read from
+ * disk straight into the message and written from it without intermediate copies. */
+#define FRAME_HDR 4
+
 err
-wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id)
+wire_send_payload(repl *r, nng_socket s, envelope *env, uint64_t msg_id, size_t plen,
+                  err (*fill)(void *arg, char *dst, size_t n), void *arg)
 {
     env->version = REPL_PROTOCOL_VERSION;
     env->sender = r->node_name;
     env->epoch = atomic_load(&r->epoch);
     env->msg_id = msg_id;
     size_t n = georeg__repl__envelope__get_packed_size(env);
-    if (n > REPL_MAX_MSG)
+    if (n + plen + FRAME_HDR > REPL_MAX_MSG)
         return ERR_INTERNAL;
     nng_msg *m = NULL;
-    int rv = nng_msg_alloc(&m, n);
+    int rv = nng_msg_alloc(&m, FRAME_HDR + n + plen);
     if (rv)
         return ERR_NOMEM;
-    georeg__repl__envelope__pack(env, nng_msg_body(m));
+    unsigned char *b = nng_msg_body(m);
+    b[0] = (unsigned char)(n >> 24);
+    b[1] = (unsigned char)(n >> 16);
+    b[2] = (unsigned char)(n >> 8);
+    b[3] = (unsigned char)n;
+    georeg__repl__envelope__pack(env, b + FRAME_HDR);
+    if (plen) {
+        err e = fill(arg, (char *)b + FRAME_HDR + n, plen);
+        if (e) {
+            nng_msg_free(m);
+            return e;
+        }
+    }
     rv = nng_sendmsg(s, m, 0);
     if (rv) {
         nng_msg_free(m);
@@ -99,10 +117,19 @@ wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id)
 }
 
 err
-wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *pipe)
+wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id)
+{
+    return wire_send_payload(r, s, env, msg_id, 0, NULL, NULL);
+}
+
+err
+wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *pipe, slice *payload,
+          nng_msg **keep)
 {
     nng_msg *m = NULL;
     int rv;
+    if (payload)
+        *payload = (slice){NULL, 0};
     if (timeout_ms <= 0) {
         rv = nng_recvmsg(s, &m, NNG_FLAG_NONBLOCK);
     } else {
@@ -115,10 +142,14 @@ wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *pipe)
         return ERR_UNAVAILABLE;
     if (pipe)
         *pipe = (uint32_t)nng_pipe_id(nng_msg_get_pipe(m));
-    envelope *env =
-        georeg__repl__envelope__unpack(NULL, nng_msg_len(m), (const uint8_t *)nng_msg_body(m));
-    nng_msg_free(m);
+    const unsigned char *b = nng_msg_body(m);
+    size_t len = nng_msg_len(m);
+    size_t n = len >= FRAME_HDR ? ((size_t)b[0] << 24 | (size_t)b[1] << 16 | (size_t)b[2] << 8 | b[3])
+                                : SIZE_MAX;
+    envelope *env = n <= len - FRAME_HDR ? georeg__repl__envelope__unpack(NULL, n, b + FRAME_HDR)
+                                         : NULL;
     if (!env) {
+        nng_msg_free(m);
         atomic_fetch_add(&r->forged_rejects, 1);
         log_warn("REPL-BAD-MESSAGE", "reason=undecodable");
         return ERR_PROTOCOL;
@@ -127,7 +158,14 @@ wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *pipe)
         log_warn("REPL-BAD-MESSAGE", "reason=version version=%u sender=%s", env->version,
                  env->sender);
         georeg__repl__envelope__free_unpacked(env, NULL);
+        nng_msg_free(m);
         return ERR_PROTOCOL;
+    }
+    if (payload && keep) {
+        *payload = (slice){(const char *)b + FRAME_HDR + n, len - FRAME_HDR - n};
+        *keep = m; /* the payload lives in the message */
+    } else {
+        nng_msg_free(m);
     }
     *out = env;
     return ERR_OK;
