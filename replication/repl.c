@@ -414,13 +414,14 @@ repl_stop(repl *r)
             rp->sock_open = false;
         }
     }
+    if (r->rsock_open) {
+        /* close while the receiver still drains: it then sees NNG_ECLOSED */
+        nng_close(r->rsock);
+        r->rsock_open = false;
+    }
     if (r->rthread_started) {
         pthread_join(r->rthread, NULL);
         r->rthread_started = false;
-    }
-    if (r->rsock_open) {
-        nng_close(r->rsock);
-        r->rsock_open = false;
     }
     if (r->primary)
         store_set_commit_hook(r->store, NULL, NULL);
