@@ -225,6 +225,16 @@ out:
     return e == ERR_OK;
 }
 
+/* resync_mark persists the latest resync begun (epoch:id) and whether it finished. */
+static err
+resync_mark(repl *r, uint64_t epoch, uint64_t id, bool done)
+{
+    char v[64];
+    int n = snprintf(v, sizeof v, "%llu:%llu:%d", (unsigned long long)epoch,
+                     (unsigned long long)id, done ? 1 : 0);
+    return store_meta_put(r->store, "repl/resync", v, (size_t)n);
+}
+
 static void
 reply(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
 {
@@ -307,25 +317,47 @@ handle(struct recv *rc, envelope *env)
         pthread_mutex_unlock(&r->smu);
         break;
     }
-    case GEOREG__REPL__ENVELOPE__BODY_RESYNC_BEGIN:
+    case GEOREG__REPL__ENVELOPE__BODY_RESYNC_BEGIN: {
+        /* a resync wipes state: only a newer one than any begun before may start (a
+         * replayed or delayed ResyncBegin must not roll this node back) */
+        uint64_t id = env->resync_begin->resync_id;
+        pthread_mutex_lock(&r->smu);
+        bool newer = env->epoch > r->resync_epoch ||
+                     (env->epoch == r->resync_epoch && id > r->resync_id);
+        pthread_mutex_unlock(&r->smu);
+        if (!newer || !id) {
+            atomic_fetch_add(&r->forged_rejects, 1);
+            snprintf(rc->error, sizeof rc->error, "stale resync %llu refused",
+                     (unsigned long long)id);
+            break;
+        }
         ingest_drop(rc);
-        if (store_resync_begin(r->store)) {
+        if (resync_mark(r, env->epoch, id, false) || store_resync_begin(r->store)) {
             snprintf(rc->error, sizeof rc->error, "cannot start resync");
             break;
         }
         pthread_mutex_lock(&r->smu);
         r->resyncing = true;
+        r->resync_epoch = env->epoch;
+        r->resync_id = id;
         r->resync_bytes = 0;
         pthread_mutex_unlock(&r->smu);
         log_info("REPL-RESYNC-BEGIN", "primary=%s total_bytes=%llu", env->sender,
                  (unsigned long long)env->resync_begin->total_bytes);
         break;
+    }
     case GEOREG__REPL__ENVELOPE__BODY_RESYNC_END:
-        if (!resyncing) {
-            snprintf(rc->error, sizeof rc->error, "resync end without a resync");
+        pthread_mutex_lock(&r->smu);
+        bool current = resyncing && env->resync_end->resync_id == r->resync_id &&
+                       env->epoch == r->resync_epoch;
+        pthread_mutex_unlock(&r->smu);
+        if (!current) {
+            atomic_fetch_add(&r->forged_rejects, 1);
+            snprintf(rc->error, sizeof rc->error, "resync end without its resync");
             break;
         }
-        if (store_resync_end(r->store, env->resync_end->snapshot_seq)) {
+        if (store_resync_end(r->store, env->resync_end->snapshot_seq) ||
+            resync_mark(r, env->epoch, env->resync_end->resync_id, true)) {
             snprintf(rc->error, sizeof rc->error, "cannot finish resync");
             break;
         }

@@ -185,6 +185,23 @@ repl_new(store *s, const struct repl_options *o, repl **out)
         }
     }
 
+    if (!r->primary) {
+        /* the latest resync begun, and whether it finished */
+        buf rv = BUF_INIT;
+        unsigned long long ep = 0, id = 0;
+        int done = 1;
+        if (store_meta_get(s, "repl/resync", &rv) == ERR_OK &&
+            sscanf(rv.ptr, "%llu:%llu:%d", &ep, &id, &done) == 3) {
+            r->resync_epoch = ep;
+            r->resync_id = id;
+            r->resyncing = !done; /* stopped half-way: partial state, not ready */
+            if (r->resyncing)
+                log_warn("REPL-RESYNC-UNFINISHED", "msg=\"not ready until the primary resyncs "
+                                                   "this node\"");
+        }
+        buf_release(&rv);
+    }
+
     if (r->primary) {
         r->replicas = calloc(o->nreplicas ? o->nreplicas : 1, sizeof *r->replicas);
         if (!r->replicas) {

@@ -72,6 +72,7 @@ struct replica {
     /* shipper-private */
     uint64_t next_msg_id, acked_msg_id;
     uint64_t query_id;
+    uint64_t last_resync_id;
     char (*known)[72]; /* ring of digests known present (sha256 only) */
     size_t known_next;
 };
@@ -117,6 +118,7 @@ struct repl {
     uint64_t last_contact_ms;
     uint64_t caught_up_ms; /* last time applied >= the primary's head */
     bool resyncing;
+    uint64_t resync_epoch, resync_id; /* the latest resync begun (persisted) */
     uint64_t resync_bytes;
     uint64_t apply_errors;
     char apply_error[256];

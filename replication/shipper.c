@@ -630,7 +630,10 @@ resync(struct ship *sh)
     store_snapshot_stream(r->store, on_count, sh, &snap_seq);
 
     Georeg__Repl__ResyncBegin rb = GEOREG__REPL__RESYNC_BEGIN__INIT;
-    rb.resync_id = (uint64_t)repl_now_ms();
+    /* increasing per replica: the secondary refuses a resync not newer than its last */
+    uint64_t rid = repl_now_ms();
+    rb.resync_id = rid > rp->last_resync_id ? rid : rp->last_resync_id + 1;
+    rp->last_resync_id = rb.resync_id;
     pthread_mutex_lock(&rp->mu);
     rb.total_bytes = rp->resync_total_bytes;
     pthread_mutex_unlock(&rp->mu);

@@ -158,8 +158,13 @@ store_resync_begin(store *s)
     char lo[1] = {0}, hi[4] = {'\xff', '\xff', '\xff', '\xff'};
     for (size_t i = 0; i < sizeof reset_cfs / sizeof reset_cfs[0]; i++)
         rocksdb_writebatch_delete_range_cf(wb, s->cf[reset_cfs[i]], lo, 0, hi, sizeof hi);
+    /* with the state gone, nothing is applied: a restart in the middle of the resync
+     * must not resume streaming from the old position over a partial state */
+    put_applied(s, wb, 0);
     pthread_mutex_lock(&s->commit_mu);
     err e = commit_locked(s, wb, NULL);
+    if (!e)
+        s->applied = 0;
     pthread_mutex_unlock(&s->commit_mu);
     rocksdb_writebatch_destroy(wb);
     log_info("STORE-RESYNC-BEGIN", "dir=%s", s->dir);

@@ -277,6 +277,8 @@ class Node:
         env.update(self.extra_env)
         if ASAN:
             env["ASAN_OPTIONS"] = "detect_leaks=1"
+            env.setdefault("LSAN_OPTIONS", "suppressions=" + os.path.join(
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lsan.supp"))
             env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
         cmd = self._command()
         with open(self.log_path, "ab") as log:
