@@ -19,6 +19,7 @@ struct ingest {
     char digest[DIGEST_MAX];
     uint64_t size;
     store_upload *u;
+    uint64_t started_ms;
 };
 
 struct recv {
@@ -76,6 +77,7 @@ on_chunk(struct recv *rc, const Georeg__Repl__BlobChunk *c)
         }
         str_copy(rc->in.digest, sizeof rc->in.digest, c->digest);
         rc->in.size = c->size;
+        rc->in.started_ms = repl_now_ms();
     }
     /* the bytes come as the message's payload (or, from an older sender, inline) */
     slice data = rc->payload.len ? rc->payload : (slice){(const char *)c->data.data, c->data.len};
@@ -107,6 +109,9 @@ on_chunk(struct recv *rc, const Georeg__Repl__BlobChunk *c)
         log_warn("REPL-BLOB-REJECTED", "digest=%s error=%s", c->digest, err_name(e));
     } else {
         str_copy(rc->done, sizeof rc->done, c->digest);
+        uint64_t ms = repl_now_ms() - rc->in.started_ms;
+        log_debug("REPL-BLOB-RECEIVED", "digest=%s size=%llu ms=%llu", c->digest,
+                  (unsigned long long)c->size, (unsigned long long)ms);
     }
     rc->in.digest[0] = '\0';
 }

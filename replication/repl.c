@@ -345,7 +345,8 @@ open_replica_socket(repl *r, struct replica *rp)
     nng_socket_set_size(rp->sock, NNG_OPT_RECVMAXSZ, REPL_MAX_MSG + 4096);
     nng_socket_set_ms(rp->sock, NNG_OPT_SENDTIMEO, 2000);
     nng_socket_set_int(rp->sock, NNG_OPT_SENDBUF, (int)(r->window < 8192 ? r->window : 8192));
-    nng_socket_set_int(rp->sock, NNG_OPT_RECVBUF, (int)(r->window < 8192 ? r->window : 8192));
+    /* room for every ack of a full window and then some: acks are never what stalls */
+    nng_socket_set_int(rp->sock, NNG_OPT_RECVBUF, (int)(r->window < 2048 ? r->window * 4 : 8192));
     nng_pipe_notify(rp->sock, NNG_PIPE_EV_ADD_POST, on_replica_pipe, rp);
     nng_pipe_notify(rp->sock, NNG_PIPE_EV_REM_POST, on_replica_pipe, rp);
     return repl_start_dialer(r, rp);

@@ -256,10 +256,14 @@ inflight(struct ship *sh)
 static err
 wait_window(struct ship *sh)
 {
+    /* Read every ack already here before deciding: acks left unread fill our receive
+     * queue, and the replica would then block sending them instead of taking chunks. */
+    drain(sh);
     while (inflight(sh) >= sh->r->window) {
         if (broken(sh))
             return ERR_UNAVAILABLE;
-        pump(sh, 100);
+        if (pump(sh, 100) == ERR_OK)
+            drain(sh);
     }
     return broken(sh) ? ERR_UNAVAILABLE : ERR_OK;
 }
@@ -350,7 +354,7 @@ ensure_blob(struct ship *sh, const char *digest, uint64_t size)
         return e;
     }
     struct chunk_src src = {.b = &b};
-    uint64_t off = 0;
+    uint64_t off = 0, t0 = repl_now_ms();
     do {
         size_t n = (size_t)(size - off < r->chunk_bytes ? size - off : r->chunk_bytes);
         Georeg__Repl__BlobChunk c = GEOREG__REPL__BLOB_CHUNK__INIT;
@@ -372,6 +376,8 @@ ensure_blob(struct ship *sh, const char *digest, uint64_t size)
         }
     } while (off < size);
     store_blob_release(&b);
+    log_debug("REPL-BLOB-SENT", "replica=%s digest=%s size=%llu ms=%llu", rp->name, digest,
+              (unsigned long long)size, (unsigned long long)(repl_now_ms() - t0));
     if (!e)
         known_add(rp, digest);
     return e;

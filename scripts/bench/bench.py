@@ -51,6 +51,7 @@ GEOREG = os.path.join(RUN_DIR, "bin", "georeg")  # a copy: a rebuild during the 
 WRK_GET = os.path.join(ROOT, "scripts", "bench", "wrk", "get.lua")
 WRK_POP = os.path.join(ROOT, "scripts", "bench", "wrk", "populate.lua")
 TCPSTREAM = os.path.join(BENCH_DIR, "tcpstream")
+NNGSTREAM = os.path.join(BENCH_DIR, "nngstream")
 FAULTPROXY = os.path.join(BENCH_DIR, "faultproxy")
 FAULTPROXY_PY_DIR = os.path.join(ROOT, "tests", "tools")
 
@@ -764,6 +765,14 @@ def tcp_stream():
     return json.loads(run(argv, timeout=60).stdout)["mib_per_s"]
 
 
+def nng_stream():
+    """The replication transport's ceiling: nng pair1 over tcp, 1 MiB messages."""
+    port = free_port()
+    argv = [NNGSTREAM, f"tcp://127.0.0.1:{port}"]
+    note_cmd("nng", argv)
+    return json.loads(run(argv, timeout=60).stdout)["mib_per_s"]
+
+
 def hold_connections(port, n):
     """Opens n keep-alive connections, sends GET /v2/ on each, reads the answer, holds."""
     socks = []
@@ -1091,6 +1100,10 @@ def build_tables(R):
         lim.append(["SHA-256, one core (openssl speed -evp sha256, 16 KiB blocks)", "MiB/s", fmt(sha)])
     if tcp is not None:
         lim.append(["loopback TCP, one stream (tcpstream, 256 KiB writes)", "MiB/s", fmt(tcp)])
+    nng = median(R["samples"].get("nng", {}).get("nngstream", []))
+    if nng is not None:
+        lim.append(["nng pair1 over tcp, 1 MiB messages, no processing (nngstream)", "MiB/s",
+                    fmt(nng)])
     disk = median(R["samples"].get("disk", {}).get("dd", []))
     if disk is not None:
         lim.append(["disk: write + fsync of 256 MiB (dd bs=1M conv=fsync)", "MiB/s", fmt(disk)])
@@ -1394,6 +1407,7 @@ def main():
                 phase(f"r{r + 1} limits")
                 add(R, "sha256", "openssl", openssl_sha256())
                 add(R, "tcp", "tcpstream", tcp_stream())
+                add(R, "nng", "nngstream", nng_stream())
                 add(R, "disk", "dd", disk_write_fsync(b["mono0"]))
             if want("growth"):
                 phase(f"r{r + 1} growth")

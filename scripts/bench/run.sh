@@ -21,6 +21,7 @@ else
 fi
 mkdir -p build/bench
 cc -O2 -Wall -Wextra -pthread -o build/bench/tcpstream scripts/bench/tcpstream.c
+cc -O2 -Wall -Wextra -pthread -o build/bench/nngstream scripts/bench/nngstream.c -lnng
 if [ -f tests/tools/faultproxy.c ]; then
     # the replication-under-latency figure needs it; without it that figure is "pending"
     cc -O2 -D_GNU_SOURCE -std=c11 tests/tools/faultproxy.c -luv -o build/bench/faultproxy ||
