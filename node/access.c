@@ -47,8 +47,13 @@ audit_log(struct node *n, struct http_req *r, const char *action, const char *re
     buf_add_json_str(&b, r ? r->peer : "", r ? strlen(r->peer) : 0);
     buf_adds(&b, ",\"action\":");
     buf_add_json_str(&b, action, strlen(action));
-    const char *fields[][2] = {{"repo", repo}, {"ref", ref}, {"digest", digest}, {"detail", detail}};
-    for (size_t i = 0; i < 4; i++) {
+    /* a login that failed: the name it claimed (from Basic credentials), never the secret */
+    char claimed[128] = "";
+    if (r && !strcmp(actor, "-") && status >= 400)
+        auth_basic_user(http_req_header(r, "authorization"), claimed, sizeof claimed);
+    const char *fields[][2] = {{"repo", repo}, {"ref", ref},         {"digest", digest},
+                               {"detail", detail}, {"claimed", claimed}};
+    for (size_t i = 0; i < 5; i++) {
         if (!fields[i][1] || !fields[i][1][0])
             continue;
         buf_addf(&b, ",\"%s\":", fields[i][0]);

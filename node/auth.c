@@ -934,6 +934,30 @@ out:
     return e;
 }
 
+bool
+auth_basic_user(slice authorization, char *out, size_t n)
+{
+    if (!n || authorization.len <= 6 || !slice_case_eq_cstr((slice){authorization.ptr, 6}, "basic "))
+        return false;
+    buf dec = BUF_INIT;
+    bool ok = false;
+    if (b64_decode((slice){authorization.ptr + 6, authorization.len - 6}, &dec) && dec.len <= 600) {
+        char *colon = memchr(dec.ptr, ':', dec.len);
+        size_t ul = colon ? (size_t)(colon - dec.ptr) : 0;
+        ok = colon && ul > 0 && ul < n;
+        for (size_t i = 0; ok && i < ul; i++) /* printable ASCII only: it ends up in a log */
+            ok = (unsigned char)dec.ptr[i] > 0x20 && (unsigned char)dec.ptr[i] < 0x7f;
+        if (ok) {
+            memcpy(out, dec.ptr, ul);
+            out[ul] = '\0';
+        }
+    }
+    if (dec.ptr)
+        explicit_bzero(dec.ptr, dec.cap);
+    buf_release(&dec);
+    return ok;
+}
+
 err
 auth_identify(auth *a, slice authorization, const char *peer, bool nowait,
               struct auth_principal *who, const char **why)

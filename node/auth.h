@@ -78,6 +78,10 @@ bool auth_parse_scope(const char *s, struct auth_grant *g);
  * when a secret must be hashed or identities reloaded. *why gets a static reason. */
 err auth_identify(auth *a, slice authorization, const char *peer, bool nowait,
                   struct auth_principal *who, const char **why);
+/* auth_basic_user copies the user name of a Basic Authorization header into out
+ * (never the secret, never verified): the audit log names who a failed login
+ * claimed to be. False when the header holds no readable Basic credentials. */
+bool auth_basic_user(slice authorization, char *out, size_t n);
 /* auth_retry_after: the seconds (at least 1) until peer may try to log in again, or 0
  * when it is not being slowed down. */
 uint64_t auth_retry_after(auth *a, const char *peer);

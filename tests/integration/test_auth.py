@@ -240,6 +240,9 @@ def test_skopeo_wrong_password_refused(make_node, skopeo, tmp_path):
     fails = pick(audit_all(node, action="login"), status=401)
     assert len(fails) == 1 and fails[0]["result"] == "denied", fails
     assert fails[0]["addr"] == "127.0.0.1"
+    # the name the failed login claimed is kept (never the secret); the actor stays "-"
+    assert fails[0]["actor"] == "-" and fails[0]["claimed"] == "admin", fails
+    assert not any("not-the-password" in json.dumps(e) for e in audit_all(node)), fails
 
 
 def test_anonymous_pull_glob(tnode):
@@ -538,6 +541,8 @@ def test_disabled_admin_refused(make_node):
     got = [(e["action"], e["status"], e["detail"]) for e in
            audit_all(node, creds=ops_creds) if e["addr"] == src]
     assert got == [("login", 401, "account disabled")] * 3, got
+    assert [e.get("claimed") for e in audit_all(node, creds=ops_creds)
+            if e["addr"] == src] == ["admin"] * 3
 
 
 def test_wrong_passwords_slowed_down(make_node):
