@@ -111,6 +111,17 @@ main(int argc, char **argv)
      * process holds on to memory it used once (measured: 130 MiB peak, see
      * docs/BENCHMARKS.md) */
     mallopt(M_ARENA_MAX, 2);
+    /* Replication moves blob bytes in 1 MiB nng messages, allocated for every chunk
+     * on both sides. Above glibc's default 128 KiB mmap threshold each one is a
+     * fresh mmap whose pages fault in and go back on free: on this VM that held
+     * nng pair1 on loopback to about 560 MiB/s, with page faults the top of the
+     * profile; keeping such buffers on the heap (threshold 4 MiB, trimmed only
+     * past 32 MiB, and by malloc_trim in housekeeping every few seconds) lets the
+     * same socket move 1,500-1,700 MiB/s (scripts/bench/nngstream.c,
+     * docs/BENCHMARKS.md). Setting either value turns off glibc's own sliding
+     * threshold, so both are set. */
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    mallopt(M_TRIM_THRESHOLD, 32 << 20);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -765,10 +765,11 @@ def tcp_stream():
     return json.loads(run(argv, timeout=60).stdout)["mib_per_s"]
 
 
-def nng_stream():
-    """The replication transport's ceiling: nng pair1 over tcp, 1 MiB messages."""
+def nng_stream(malloc="georeg"):
+    """The replication transport's ceiling: nng pair1 over tcp, 1 MiB messages, with
+    georeg's malloc settings ("georeg") or glibc's ("default")."""
     port = free_port()
-    argv = [NNGSTREAM, f"tcp://127.0.0.1:{port}"]
+    argv = [NNGSTREAM, f"tcp://127.0.0.1:{port}", malloc]
     note_cmd("nng", argv)
     return json.loads(run(argv, timeout=60).stdout)["mib_per_s"]
 
@@ -1102,8 +1103,12 @@ def build_tables(R):
         lim.append(["loopback TCP, one stream (tcpstream, 256 KiB writes)", "MiB/s", fmt(tcp)])
     nng = median(R["samples"].get("nng", {}).get("nngstream", []))
     if nng is not None:
-        lim.append(["nng pair1 over tcp, 1 MiB messages, no processing (nngstream)", "MiB/s",
-                    fmt(nng)])
+        lim.append(["nng pair1 over tcp, 1 MiB messages, no processing, georeg's malloc "
+                    "settings (nngstream georeg)", "MiB/s", fmt(nng)])
+    nngd = median(R["samples"].get("nng", {}).get("nngstream_default_malloc", []))
+    if nngd is not None:
+        lim.append(["… the same with glibc's default malloc settings (nngstream default)",
+                    "MiB/s", fmt(nngd)])
     disk = median(R["samples"].get("disk", {}).get("dd", []))
     if disk is not None:
         lim.append(["disk: write + fsync of 256 MiB (dd bs=1M conv=fsync)", "MiB/s", fmt(disk)])
@@ -1407,7 +1412,8 @@ def main():
                 phase(f"r{r + 1} limits")
                 add(R, "sha256", "openssl", openssl_sha256())
                 add(R, "tcp", "tcpstream", tcp_stream())
-                add(R, "nng", "nngstream", nng_stream())
+                add(R, "nng", "nngstream", nng_stream("georeg"))
+                add(R, "nng", "nngstream_default_malloc", nng_stream("default"))
                 add(R, "disk", "dd", disk_write_fsync(b["mono0"]))
             if want("growth"):
                 phase(f"r{r + 1} growth")

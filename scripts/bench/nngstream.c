@@ -1,7 +1,13 @@
 /* nngstream: the replication transport's own ceiling. Sends 256 messages of 1 MiB
  * over one nng pair1 tcp:// connection on loopback (the socket type and options
  * georeg's replication uses: send buffer 64, receive buffer 256) and prints
- * {"mib_per_s": X}. No georeg code: just nng, as Debian ships it. */
+ * {"mib_per_s": X}. No georeg code: just nng, as Debian ships it.
+ *
+ * nngstream URL [default|georeg]: "georeg" first applies the malloc settings
+ * georeg's main() applies (M_MMAP_THRESHOLD 4 MiB, M_TRIM_THRESHOLD 32 MiB);
+ * "default" (the default) leaves glibc's, under which every 1 MiB message is a
+ * fresh mmap whose pages fault in on both sides. */
+#include <malloc.h>
 #include <nng/nng.h>
 #include <nng/protocol/pair1/pair.h>
 #include <pthread.h>
@@ -32,6 +38,10 @@ int
 main(int argc, char **argv)
 {
     const char *url = argc > 1 ? argv[1] : "tcp://127.0.0.1:7999";
+    if (argc > 2 && !strcmp(argv[2], "georeg")) {
+        mallopt(M_MMAP_THRESHOLD, 4 << 20);
+        mallopt(M_TRIM_THRESHOLD, 32 << 20);
+    }
     nng_socket cli;
     if (nng_pair1_open(&srv) || nng_pair1_open(&cli))
         return 1;
