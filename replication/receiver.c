@@ -27,6 +27,7 @@ struct recv {
     bool url_configured;
     struct ingest in;
     slice payload;           /* bulk bytes of the message being handled */
+    nng_msg *msg;            /* that message; NULL once a deferred write took it */
     char failed[DIGEST_MAX]; /* blob the primary must resend */
     char done[DIGEST_MAX];
     char error[256];
@@ -51,6 +52,16 @@ chunk_failed(struct recv *rc, const char *digest, const char *why)
     log_warn("REPL-CHUNK-REJECTED", "digest=%s reason=\"%s\"", digest, why);
     str_copy(rc->failed, sizeof rc->failed, digest);
     ingest_drop(rc);
+}
+
+/* Blobs at least this big are hashed behind the writes (a helper thread per blob);
+ * smaller ones are not worth a thread. */
+#define DEFER_HASH_MIN (4u << 20)
+
+static void
+free_msg(void *m)
+{
+    nng_msg_free(m);
 }
 
 static void
@@ -86,7 +97,16 @@ on_chunk(struct recv *rc, const Georeg__Repl__BlobChunk *c)
         chunk_failed(rc, c->digest, "chunk out of order or beyond the blob's size");
         return;
     }
-    err e = store_upload_write(rc->in.u, data.ptr, data.len);
+    err e;
+    if (rc->msg && rc->payload.len && c->size >= DEFER_HASH_MIN) {
+        /* hash this chunk on the upload's helper thread while the next one is taken
+         * off the socket; the message is freed once it is hashed */
+        e = store_upload_write_deferred(rc->in.u, data.ptr, data.len, free_msg, rc->msg);
+        if (!e)
+            rc->msg = NULL;
+    } else {
+        e = store_upload_write(rc->in.u, data.ptr, data.len);
+    }
     if (e) {
         chunk_failed(rc, c->digest, err_str(e));
         return;
@@ -428,9 +448,12 @@ receiver_main(void *arg)
             log_info("REPL-PRIMARY-CONNECTED", "sender=%s epoch=%llu", env->sender,
                      (unsigned long long)env->epoch);
         }
+        rc.msg = msg;
         handle(&rc, env);
         georeg__repl__envelope__free_unpacked(env, NULL);
-        nng_msg_free(msg);
+        if (rc.msg) /* NULL when a deferred write took it */
+            nng_msg_free(rc.msg);
+        rc.msg = NULL;
         rc.payload = (slice){NULL, 0};
     }
     ingest_drop(&rc);

@@ -95,6 +95,17 @@ const char *store_upload_id(const store_upload *u);
 /* store_upload_write appends and hashes len bytes (blocking). On error the upload is
  * marked broken and further writes and finish fail with the same error. */
 err store_upload_write(store_upload *u, const void *ptr, size_t len);
+/* store_upload_write_deferred appends len bytes like store_upload_write, but hashes
+ * them on a helper thread of this upload, so the caller can take its next bytes
+ * while these are hashed (replication's receive path: SHA-256 and the next chunk
+ * overlap). ERR_OK: ptr is the helper's until done(arg) runs (on the helper
+ * thread, or before this returns); an error: nothing was taken, the caller keeps
+ * ptr. At most STORE_HASH_QUEUE buffers wait (the call blocks when that many do).
+ * Every other call on u waits for the queued hashing first, so finish verifies
+ * every byte as before. */
+#define STORE_HASH_QUEUE 16
+err store_upload_write_deferred(store_upload *u, const void *ptr, size_t len,
+                                void (*done)(void *arg), void *arg);
 /* store_upload_release persists the offset and gives up exclusive use. u stays valid
  * in the store's table. */
 void store_upload_release(store *s, store_upload *u);

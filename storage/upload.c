@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,8 +21,29 @@
 /* Start kernel writeback every this many bytes so the final fsync has little left. */
 #define UPLOAD_WRITEBACK_STEP (8u << 20)
 
+/* Hashing behind the writes (store_upload_write_deferred): a thread per upload that
+ * feeds queued buffers to the upload's hasher in order. A job stays counted while
+ * it is being hashed, so count == 0 means every written byte has been hashed. */
+struct hash_job {
+    const void *ptr;
+    size_t len;
+    void (*done)(void *arg);
+    void *arg;
+};
+
+struct hashq {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t work; /* a job was queued, or stop */
+    pthread_cond_t idle; /* a job was hashed */
+    struct hash_job job[STORE_HASH_QUEUE];
+    unsigned head, count;
+    bool stop;
+};
+
 struct store_upload {
     struct store_upload *next; /* bucket chain, under uploads_mu */
+    struct hashq *hq;          /* NULL until the first deferred write */
     char id[STORE_UPLOAD_ID_LEN + 1];
     char repo[256];
     int fd;
@@ -55,11 +77,88 @@ upload_path(const store *s, const char *id, char *out, size_t n)
     snprintf(out, n, "%s/%s", s->upload_dir, id);
 }
 
+/* hashq_drain waits until every queued buffer of u has been hashed. */
+static void
+hashq_drain(struct store_upload *u)
+{
+    struct hashq *q = u->hq;
+    if (!q)
+        return;
+    pthread_mutex_lock(&q->mu);
+    while (q->count)
+        pthread_cond_wait(&q->idle, &q->mu);
+    pthread_mutex_unlock(&q->mu);
+}
+
+static void
+hashq_stop(struct store_upload *u)
+{
+    struct hashq *q = u->hq;
+    if (!q)
+        return;
+    pthread_mutex_lock(&q->mu);
+    q->stop = true;
+    pthread_cond_signal(&q->work);
+    pthread_mutex_unlock(&q->mu);
+    pthread_join(q->th, NULL); /* the thread hashes what is queued before it stops */
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->work);
+    pthread_cond_destroy(&q->idle);
+    free(q);
+    u->hq = NULL;
+}
+
+static void *
+hashq_main(void *arg)
+{
+    struct store_upload *u = arg;
+    struct hashq *q = u->hq;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (!q->count && !q->stop)
+            pthread_cond_wait(&q->work, &q->mu);
+        if (!q->count)
+            break;
+        struct hash_job j = q->job[q->head];
+        pthread_mutex_unlock(&q->mu);
+        hasher_update(u->h, j.ptr, j.len);
+        j.done(j.arg);
+        pthread_mutex_lock(&q->mu);
+        q->head = (q->head + 1) % STORE_HASH_QUEUE;
+        q->count--;
+        pthread_cond_broadcast(&q->idle);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
+}
+
+static err
+hashq_start(struct store_upload *u)
+{
+    struct hashq *q = calloc(1, sizeof *q);
+    if (!q)
+        return ERR_NOMEM;
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->work, NULL);
+    pthread_cond_init(&q->idle, NULL);
+    u->hq = q;
+    if (pthread_create(&q->th, NULL, hashq_main, u) != 0) {
+        pthread_mutex_destroy(&q->mu);
+        pthread_cond_destroy(&q->work);
+        pthread_cond_destroy(&q->idle);
+        free(q);
+        u->hq = NULL;
+        return ERR_NOMEM;
+    }
+    return ERR_OK;
+}
+
 static void
 upload_free(struct store_upload *u)
 {
     if (!u)
         return;
+    hashq_stop(u);
     if (u->fd >= 0)
         close(u->fd);
     hasher_free(u->h);
@@ -356,8 +455,9 @@ store_upload_id(const store_upload *u)
     return u->id;
 }
 
-err
-store_upload_write(store_upload *u, const void *ptr, size_t len)
+/* write_bytes appends len bytes at the upload's offset, hashing them when hash. */
+static err
+write_bytes(store_upload *u, const void *ptr, size_t len, bool hash)
 {
     const char *p = ptr;
     size_t left = len;
@@ -373,7 +473,8 @@ store_upload_write(store_upload *u, const void *ptr, size_t len)
             u->broken = ERR_IO;
             return ERR_IO;
         }
-        hasher_update(u->h, p, (size_t)n);
+        if (hash)
+            hasher_update(u->h, p, (size_t)n);
         p += n;
         left -= (size_t)n;
         u->offset += (uint64_t)n;
@@ -386,9 +487,43 @@ store_upload_write(store_upload *u, const void *ptr, size_t len)
     return ERR_OK;
 }
 
+err
+store_upload_write(store_upload *u, const void *ptr, size_t len)
+{
+    hashq_drain(u); /* bytes are hashed in the order they were written */
+    return write_bytes(u, ptr, len, true);
+}
+
+err
+store_upload_write_deferred(store_upload *u, const void *ptr, size_t len,
+                            void (*done)(void *arg), void *arg)
+{
+    if (!u->hq && hashq_start(u) != ERR_OK) {
+        /* no helper thread: hash here, as store_upload_write does */
+        err e = store_upload_write(u, ptr, len);
+        if (!e)
+            done(arg);
+        return e;
+    }
+    err e = write_bytes(u, ptr, len, false);
+    if (e)
+        return e;
+    struct hashq *q = u->hq;
+    pthread_mutex_lock(&q->mu);
+    while (q->count == STORE_HASH_QUEUE)
+        pthread_cond_wait(&q->idle, &q->mu);
+    q->job[(q->head + q->count) % STORE_HASH_QUEUE] =
+        (struct hash_job){.ptr = ptr, .len = len, .done = done, .arg = arg};
+    q->count++;
+    pthread_cond_signal(&q->work);
+    pthread_mutex_unlock(&q->mu);
+    return ERR_OK;
+}
+
 void
 store_upload_release(store *s, store_upload *u)
 {
+    hashq_stop(u); /* the helper lives only while someone holds the upload */
     u->touched_s = now_s();
     put_session(s, u, false);
     pthread_mutex_lock(&s->uploads_mu);
@@ -400,6 +535,7 @@ store_upload_release(store *s, store_upload *u)
 static void
 drop_upload(store *s, struct store_upload *u, bool remove_file)
 {
+    hashq_drain(u);
     char path[4300];
     upload_path(s, u->id, path, sizeof path);
     pthread_mutex_lock(&s->uploads_mu);
@@ -478,6 +614,7 @@ store_upload_finish(store *s, store_upload *u, const char *digest, uint64_t *siz
     char got[DIGEST_MAX];
     buf rec = BUF_INIT, inl = BUF_INIT;
     rocksdb_writebatch_t *wb = NULL;
+    hashq_drain(u); /* every byte hashed before the digest is read */
     err e = u->broken;
     bool renamed = false;
     if (e) {

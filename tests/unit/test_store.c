@@ -11,6 +11,8 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1382,6 +1384,72 @@ test_upload_digest_mismatch(void **state)
     free(data);
 }
 
+/* deferred hashing: each buffer is handed back exactly once, after it was hashed */
+struct deferred_buf {
+    unsigned char *p;
+    atomic_int released;
+};
+
+static void
+deferred_done(void *arg)
+{
+    struct deferred_buf *b = arg;
+    atomic_fetch_add(&b->released, 1);
+}
+
+static void
+test_upload_deferred_hash(void **state)
+{
+    struct fx *f = *state;
+    char id[STORE_UPLOAD_ID_LEN + 1], d[DIGEST_MAX], wrong[DIGEST_MAX];
+    enum { CH = 64 * 1024, NCH = 3 * STORE_HASH_QUEUE + 5 }; /* more than the queue holds */
+    size_t n = (size_t)CH * NCH;
+    unsigned char *data = pattern(n, 21);
+    assert_int_equal(digest_of(DIGEST_SHA256, data, n, d), ERR_OK);
+    assert_int_equal(digest_of(DIGEST_SHA256, data, n - 1, wrong), ERR_OK);
+    struct deferred_buf *bufs = calloc(NCH, sizeof *bufs);
+    assert_non_null(bufs);
+
+    for (int round = 0; round < 3; round++) {
+        store_upload *u = NULL;
+        assert_int_equal(store_upload_create(f->s, "def/app", id), ERR_OK);
+        assert_int_equal(store_upload_acquire(f->s, "def/app", id, &u), ERR_OK);
+        for (int i = 0; i < NCH; i++) {
+            /* each chunk in its own buffer, scribbled over once it is handed back */
+            bufs[i].p = malloc(CH);
+            memcpy(bufs[i].p, data + (size_t)i * CH, CH);
+            atomic_store(&bufs[i].released, 0);
+            if (round == 1 && i == NCH / 2) /* a plain write in between keeps the order */
+                assert_int_equal(store_upload_write(u, bufs[i].p, CH), ERR_OK);
+            else
+                assert_int_equal(
+                    store_upload_write_deferred(u, bufs[i].p, CH, deferred_done, &bufs[i]),
+                    ERR_OK);
+        }
+        assert_int_equal(store_upload_offset(u), n);
+        if (round == 2) {
+            /* release with hashing still queued, then take it again and finish */
+            store_upload_release(f->s, u);
+            assert_int_equal(store_upload_acquire(f->s, "def/app", id, &u), ERR_OK);
+        }
+        err want = round == 0 ? ERR_DIGEST_INVALID : ERR_OK;
+        assert_int_equal(store_upload_finish(f->s, u, round == 0 ? wrong : d, NULL), want);
+        for (int i = 0; i < NCH; i++) {
+            bool plain = round == 1 && i == NCH / 2;
+            assert_int_equal(atomic_load(&bufs[i].released), plain ? 0 : 1);
+            free(bufs[i].p);
+        }
+        if (round == 0) {
+            assert_false(store_blob_exists(f->s, d, NULL));
+            assert_int_equal(uploads_on_disk(f), 0);
+        } else {
+            assert_blob_is(f->s, "def/app", d, data, n, false);
+        }
+    }
+    free(bufs);
+    free(data);
+}
+
 static void
 test_upload_resume_after_reopen(void **state)
 {
@@ -1842,6 +1910,7 @@ main(void)
         T(test_upload_lifecycle),
         T(test_upload_small_inline_and_dedup),
         T(test_upload_digest_mismatch),
+        T(test_upload_deferred_hash),
         T(test_upload_resume_after_reopen),
         T(test_upload_resume_drops_unacknowledged),
         T(test_upload_sha512),
