@@ -247,6 +247,11 @@ housekeeping_work(uv_work_t *w)
     }
 }
 
+/* Audit entries wait at most this long before the pool writes them. Short, so the
+ * queue (and the write batch built from it) stays small under a pull storm: at
+ * 60,000 manifest GETs/s a 200 ms period queued about 4 MB per flush. */
+#define AUDIT_FLUSH_MS 50
+
 static void
 audit_work(uv_work_t *w)
 {
@@ -309,7 +314,7 @@ node_run(struct node *n)
     uv_timer_start(&rc.housekeeping, on_housekeeping, 5000, 5000);
     uv_timer_init(&loop, &rc.audit);
     rc.audit.data = &rc;
-    uv_timer_start(&rc.audit, on_audit_timer, 200, 200);
+    uv_timer_start(&rc.audit, on_audit_timer, AUDIT_FLUSH_MS, AUDIT_FLUSH_MS);
     atomic_store(&n->ready, true);
     log_info("NODE-READY", "name=%s role=%s data=%s port=%d", n->cfg->name,
              repl_is_primary(n->repl) ? "primary" : "secondary", n->cfg->data_dir,

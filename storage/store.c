@@ -340,10 +340,12 @@ store_open(const char *dir, const struct store_options *opt, store **out)
     /* Small memtables, with one budget for all column families: memory stays
      * bounded (the defaults allow 64 MiB per family), and a registry with many
      * tags is looked up through flushed, bloom-filtered tables rather than through
-     * one huge skiplist, so lookup cost does not grow with the registry. */
+     * one huge skiplist, so lookup cost does not grow with the registry. The
+     * budget is 16 MiB: at 32 the audit entries of a pull storm held the peak RSS
+     * about 13 MiB higher (docs/BENCHMARKS.md). */
     rocksdb_options_set_write_buffer_size(s->opts, 4u << 20);
     rocksdb_options_set_max_write_buffer_number(s->opts, 2);
-    rocksdb_options_set_db_write_buffer_size(s->opts, 32u << 20);
+    rocksdb_options_set_db_write_buffer_size(s->opts, 16u << 20);
     rocksdb_options_set_level_compaction_dynamic_level_bytes(s->opts, 1);
 
     const rocksdb_options_t *cfopts[CF__COUNT];
