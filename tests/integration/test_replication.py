@@ -799,7 +799,8 @@ def test_forged_messages_are_refused(make_cluster):
     manifest whose digest does not match its bytes, a manifest whose blobs are
     missing, an event that skips sequence numbers, an invalid repository name,
     and a blob whose chunks do not hash to the digest followed by the event
-    linking it. The secondary refuses each, stays consistent and keeps
+    linking it; then a 5 MiB blob (hashed behind the writes) whose chunks do
+    not hash to the digest they claim. The secondary refuses each, stays consistent and keeps
     serving, and then follows the real primary again."""
     cl = make_cluster()
     s = cl.secondary("s", tls=False)
@@ -902,6 +903,34 @@ def test_forged_messages_are_refused(make_cluster):
     assert C.catalog(s) == before["catalog"]
     assert C.blob_digest(s, repo + "-x", claimed)[0] == 404
     assert C.files_named(s.data_dir, claimed.split(":")[1]) == []
+
+    # 4. a blob big enough to be hashed behind the writes (>= 4 MiB: the
+    # receiver's deferred-hash path), in 1 MiB chunks that do not hash to the
+    # digest they claim: every chunk is taken, the last one reports the blob as
+    # failed, and nothing is stored
+    big = os.urandom(5 * MIB + 123)
+    claimed_big = sha256(b"yet another thing")
+    offs = list(range(0, len(big), MIB))
+    c = C.SPClient(s.repl_port)
+    for i, off in enumerate(offs):
+        last = off + MIB >= len(big)
+        body = (C.pb_bytes(1, claimed_big) + C.pb_int(2, len(big)) + C.pb_int(3, off) +
+                (C.pb_int(5, 1) if last else b""))
+        c.send(C.sp_frame(C.message(C.pb_envelope(C.ENV_CHUNK, body, msg_id=100 + i),
+                                    big[off:off + MIB])))
+    replies = c.wait_frames(len(offs), timeout=30 * SLOW)
+    c.close()
+    acks = [C.env_fields(f).get(C.ENV_ACK) for f in replies]
+    acks = [{k: v for k, _, v in C.pb_read(a)} for a in acks if a is not None]
+    assert len(acks) >= len(offs), (len(replies), len(offs))
+    assert all(not a.get(3) and not a.get(4) for a in acks[:len(offs) - 1]), acks
+    assert acks[len(offs) - 1].get(3) == claimed_big.encode(), acks[len(offs) - 1]
+    still_fine()
+    assert C.files_named(s.data_dir, claimed_big.split(":")[1]) == []
+    assert C.files_named(s.data_dir, sha256(big).split(":")[1]) == []
+    # the digest it computed is that of every byte, in order (the helper thread
+    # hashed all six chunks before finish compared)
+    assert "want=%s got=%s" % (claimed_big, sha256(big)) in s.log(200000), s.log()
 
     # the real primary takes over again
     p.start()
