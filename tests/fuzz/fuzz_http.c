@@ -54,22 +54,13 @@
 #include "common/log.h"
 #include "node/http.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 #define HANG_MS 5000
 #define SERVER_TIMEOUT_MS 600000
 #define BIG_BODY (40u << 10)
 
-#define FUZZ_CHECK(cond, ...)                                                                      \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_http: check failed: %s: ", #cond);                              \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define FUZZ_NAME "fuzz_http"
+#include "fuzz.h"
 
 static http_server *srv;
 static bool verbose;

@@ -23,17 +23,8 @@
 #include "common/manifest.h"
 #include "common/ref.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define FUZZ_CHECK(cond, ...)                                                                      \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_manifest: check failed: %s: ", #cond);                          \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#define FUZZ_NAME "fuzz_manifest"
+#include "fuzz.h"
 
 static bool
 json_str_eq(json_t *j, const char *s)
