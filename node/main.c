@@ -114,11 +114,11 @@ main(int argc, char **argv)
     /* Replication moves blob bytes in 1 MiB nng messages, allocated for every chunk
      * on both sides. Above glibc's default 128 KiB mmap threshold each one is a
      * fresh mmap whose pages fault in and go back on free: on this VM that held
-     * nng pair1 on loopback to about 560 MiB/s, with page faults the top of the
+     * nng pair1 on loopback to 495-577 MiB/s, with page faults the top of the
      * profile; keeping such buffers on the heap (threshold 4 MiB, trimmed only
-     * past 32 MiB, and by malloc_trim in housekeeping every few seconds) lets the
-     * same socket move 1,500-1,700 MiB/s (scripts/bench/nngstream.c,
-     * docs/BENCHMARKS.md). Setting either value turns off glibc's own sliding
+     * past 32 MiB, and by malloc_trim in housekeeping every 5 s) lets the same
+     * socket move 840-943 MiB/s over the bench's 256 messages and 1,500-1,850
+     * over 2,048 (scripts/bench/nngstream.c, docs/BENCHMARKS.md). Setting either value turns off glibc's own sliding
      * threshold, so both are set. */
     mallopt(M_MMAP_THRESHOLD, 4 << 20);
     mallopt(M_TRIM_THRESHOLD, 32 << 20);

@@ -720,15 +720,6 @@ store_manifest_put(store *s, const struct store_manifest_put *m, char missing[DI
 
 /* ---- the hot-manifest cache ---- */
 
-static uint32_t
-key_hash(const char *k, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)k[i]) * 16777619u;
-    return h;
-}
-
 /* mcache_get copies a cached manifest into out. An entry is only used when no
  * commit happened since it was filled: its gen was read before the lookup that
  * filled it, and gen moves after each write becomes visible. */
@@ -778,7 +769,7 @@ store_manifest_get(store *s, const char *repo, const char *ref, unsigned flags,
     if ((e = key2(&k, repo, ref)))
         goto out;
     /* key2 wrote repo\0ref; the hash covers both parts */
-    uint32_t h = key_hash(k.ptr, k.len);
+    uint32_t h = fnv1a(k.ptr, k.len);
     uint64_t gen = atomic_load(&s->gen);
     if (mcache_get(s, &k, h, out))
         goto out;

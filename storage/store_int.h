@@ -30,6 +30,18 @@ enum store_cf {
 
 #define UPLOAD_BUCKETS 256
 
+/* fnv1a: a 32-bit FNV-1a hash, for the upload table's buckets and the hot-manifest
+ * cache's slots (not for anything an attacker must not steer: both are bounded). */
+static inline uint32_t
+fnv1a(const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ c[i]) * 16777619u;
+    return h;
+}
+
 /* The hot-manifest cache: direct-mapped slots keyed by repo\0ref, valid while no
  * commit happened since they were filled (store->gen). Bounded: MCACHE_SLOTS slots
  * of at most MCACHE_BODY_MAX bytes each (8 MiB in all). */

@@ -59,10 +59,7 @@ struct store_upload {
 static unsigned
 bucket_of(const char *id)
 {
-    unsigned h = 2166136261u;
-    for (const char *p = id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 16777619u;
-    return h % UPLOAD_BUCKETS;
+    return fnv1a(id, strlen(id)) % UPLOAD_BUCKETS;
 }
 
 static uint64_t
@@ -75,6 +72,18 @@ static void
 upload_path(const store *s, const char *id, char *out, size_t n)
 {
     snprintf(out, n, "%s/%s", s->upload_dir, id);
+}
+
+/* hashq_free releases u's queue (its thread, if any, has been joined). */
+static void
+hashq_free(struct store_upload *u)
+{
+    struct hashq *q = u->hq;
+    pthread_mutex_destroy(&q->mu);
+    pthread_cond_destroy(&q->work);
+    pthread_cond_destroy(&q->idle);
+    free(q);
+    u->hq = NULL;
 }
 
 /* hashq_drain waits until every queued buffer of u has been hashed. */
@@ -101,11 +110,7 @@ hashq_stop(struct store_upload *u)
     pthread_cond_signal(&q->work);
     pthread_mutex_unlock(&q->mu);
     pthread_join(q->th, NULL); /* the thread hashes what is queued before it stops */
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->work);
-    pthread_cond_destroy(&q->idle);
-    free(q);
-    u->hq = NULL;
+    hashq_free(u);
 }
 
 static void *
@@ -143,11 +148,7 @@ hashq_start(struct store_upload *u)
     pthread_cond_init(&q->idle, NULL);
     u->hq = q;
     if (pthread_create(&q->th, NULL, hashq_main, u) != 0) {
-        pthread_mutex_destroy(&q->mu);
-        pthread_cond_destroy(&q->work);
-        pthread_cond_destroy(&q->idle);
-        free(q);
-        u->hq = NULL;
+        hashq_free(u);
         return ERR_NOMEM;
     }
     return ERR_OK;
