@@ -103,6 +103,24 @@ class NodeManager:
                         pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def _bounded(request):
+    """In a module that sets TEST_ALARM (seconds), fails a test that runs longer
+    than that, fixtures included (they still stop every process they started)."""
+    limit = getattr(request.module, "TEST_ALARM", None)
+    if not limit:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("test exceeded %ds" % limit)
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(limit)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
 @pytest.fixture
 def node_factory(tmp_path_factory, request):
     """Function-scoped: node_factory(name=..., env={...}) -> started Node."""

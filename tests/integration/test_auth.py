@@ -40,25 +40,12 @@ from itlib import MT_OCI_MANIFEST, OCILayout, get_manifest, make_image, run, wai
 
 pytestmark = pytest.mark.georeg_only("access control is georeg's own")
 
-TEST_ALARM = 240 if itlib.ASAN else 90
+TEST_ALARM = 240 if itlib.ASAN else 90  # seconds for any one test (conftest's _bounded)
 MIB = 1 << 20
 
 
 # --------------------------------------------------------------------------
 # fixtures
-
-@pytest.fixture(autouse=True)
-def _bounded():
-    """Fails a test that runs longer than TEST_ALARM (fixtures still stop every
-    process they started)."""
-    def on_alarm(signum, frame):
-        raise TimeoutError("test exceeded %ds" % TEST_ALARM)
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TEST_ALARM)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
 
 class AuthNodes:
     """Makes AuthNodes (token mode, an admin password file) and stops them at close."""

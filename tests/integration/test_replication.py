@@ -24,7 +24,6 @@ import datetime
 import json
 import math
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -40,25 +39,12 @@ pytestmark = pytest.mark.georeg_only("replication is georeg's own")
 
 ASAN = itlib.ASAN
 SLOW = C.SLOW
-TEST_ALARM = 300 if ASAN else 120  # seconds for any one test, all included
+TEST_ALARM = 300 if ASAN else 120  # seconds for any one test (conftest's _bounded)
 MIB = 1 << 20
 
 
 # --------------------------------------------------------------------------
 # fixtures
-
-@pytest.fixture(autouse=True)
-def _bounded(request):
-    """Fails a test that runs longer than TEST_ALARM (its fixtures still stop
-    every process they started)."""
-    def on_alarm(signum, frame):
-        raise TimeoutError("test exceeded %ds" % TEST_ALARM)
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(TEST_ALARM)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
 
 def _close(cl):
     problems = cl.close()
