@@ -1494,16 +1494,20 @@ def main():
                     finally:
                         tm[name] = round(time.monotonic() - t, 2)
 
+                def big256(pair, name, fig, blob):
+                    """One 256 MiB layer: its replication rate under repl_tput_<fig>."""
+                    res = step(f"{name}_256", lambda: repl_big(pair, blob))
+                    tm[f"{name}_push_s"] = res["push_s"]
+                    add(R, f"repl_tput_{fig}", "georeg", res["mib_s"])
+                    add(R, f"repl_tput_{fig}_partial", "georeg", res["partial"])
+
                 pair = Pair(f"direct{r}")
                 try:
                     step("direct_start", pair.start)
                     for v in step("small_pushes", lambda: repl_small_pushes(pair, per_round[r], idx)):
                         add(R, "repl_visible_ms", "georeg", v)
                     idx += per_round[r]
-                    res = step("direct_256", lambda: repl_big(pair, b[f"mono{r % MONO_BLOBS}"]))
-                    tm["direct_push_s"] = res["push_s"]
-                    add(R, "repl_tput_direct", "georeg", res["mib_s"])
-                    add(R, "repl_tput_direct_partial", "georeg", res["partial"])
+                    big256(pair, "direct", "direct", b[f"mono{r % MONO_BLOBS}"])
                     R.setdefault("repl_status", []).append(pair.status())
                 finally:
                     step("direct_stop", pair.stop)
@@ -1513,15 +1517,9 @@ def main():
                 try:
                     step("proxy_start", pair.start)
                     pair.fp.latency(0)
-                    res = step("proxy0_256", lambda: repl_big(pair, b[f"mono{r % MONO_BLOBS}"]))
-                    tm["proxy0_push_s"] = res["push_s"]
-                    add(R, "repl_tput_0", "georeg", res["mib_s"])
-                    add(R, "repl_tput_0_partial", "georeg", res["partial"])
+                    big256(pair, "proxy0", "0", b[f"mono{r % MONO_BLOBS}"])
                     pair.fp.latency(50)
-                    res = step("proxy50_256", lambda: repl_big(pair, b[f"mono{(r + 1) % MONO_BLOBS}"]))
-                    tm["proxy50_push_s"] = res["push_s"]
-                    add(R, "repl_tput_50", "georeg", res["mib_s"])
-                    add(R, "repl_tput_50_partial", "georeg", res["partial"])
+                    big256(pair, "proxy50", "50", b[f"mono{(r + 1) % MONO_BLOBS}"])
                     R.setdefault("repl_status", []).append(pair.status())
                 finally:
                     step("proxy_stop", pair.stop)
