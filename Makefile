@@ -58,6 +58,8 @@ $(BUILD)/obj/gen/replication.pb-c.o: $(PROTO_C)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -w -c -o $@ $<
 
+/usr/share/llhttp/%.c: | $(DEPS_STAMP) ;
+
 $(BUILD)/obj/llhttp/%.o: /usr/share/llhttp/%.c | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -w -c -o $@ $<
