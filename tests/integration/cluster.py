@@ -673,10 +673,16 @@ class SPClient:
         self.t.start()
 
     def _read(self):
+        # The socket keeps the timeout it was made with: changing it here, while
+        # send() runs on the test's thread, raced (a send on a non-blocking
+        # descriptor with no timeout raised BlockingIOError). A quiet peer is a
+        # timeout, not an end.
         try:
-            self.sock.settimeout(None)
             while True:
-                d = self.sock.recv(65536)
+                try:
+                    d = self.sock.recv(65536)
+                except socket.timeout:
+                    continue
                 if not d:
                     break
                 with self.lock:
