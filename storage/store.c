@@ -123,6 +123,15 @@ rget(store *s, enum store_cf cf, unsigned flags, const char *k, size_t klen, buf
         return e;
     if (!v)
         return ERR_NOT_FOUND;
+    if (vlen == 0 && (flags & STORE_NOWAIT)) {
+        /* Under kBlockCacheTier, a key in a table file that is not open yet
+         * (after a restart, or evicted from the table cache) answers OK with an
+         * empty value: RocksDB's "may exist". It is not an answer: a deleted
+         * manifest link read that way came back to life (issue 8 §7). Every
+         * empty value under NOWAIT goes to the disk read instead. */
+        rocksdb_free(v);
+        return ERR_WOULDBLOCK;
+    }
     if (out) {
         buf_reset(out);
         e = buf_add(out, v, vlen);
