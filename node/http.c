@@ -697,7 +697,7 @@ conn_feed(struct conn *c, const char *data, size_t len)
     if (!r->resp.status) {
         if (c->hdr_too_large)
             http_resp_error(r, ERR_HEADERS_TOO_LARGE, NULL, NULL);
-        else if (e == HPE_INVALID_VERSION)
+        else if (e == HPE_INVALID_VERSION && c->parser.http_major >= 2)
             http_resp_error(r, ERR_HTTP_VERSION, NULL, NULL);
         else
             http_resp_error(r, ERR_BAD_REQUEST, NULL,
