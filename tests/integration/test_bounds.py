@@ -180,6 +180,32 @@ def test_locate_waiters_are_dropped_when_the_client_goes_away(node):
                what="waiters dropped with their clients")
 
 
+def test_parked_waiters_answer_when_the_node_stops(node_factory):
+    """SIGTERM with waiters parked: they are answered at once (not after their
+    10-minute wait or the drain timeout) and the node exits 0."""
+    n = node_factory("stopwait")
+    socks = []
+    for _ in range(10):
+        s = socket.create_connection(("127.0.0.1", n.port), timeout=30)
+        s.sendall(("GET /_georeg/v1/locate/bounds/app/manifests/never?wait=600s HTTP/1.1\r\n"
+                   "Host: %s\r\n\r\n" % n.host).encode())
+        socks.append(s)
+    wait_until(lambda: _metric(n, "georeg_locate_waiters") == 10, 30, what="10 waiters")
+    try:
+        assert n.stop(timeout=20) == 0  # the answers wait in the socket buffers
+        for s in socks:
+            out = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+            assert parse_status(out) == 404, out[:200]  # answered: the manifest is unknown
+    finally:
+        for s in socks:
+            s.close()
+
+
 # ---- section 5: connections per address ----
 
 def test_connections_per_address_are_capped(node_factory):
