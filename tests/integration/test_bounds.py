@@ -104,6 +104,29 @@ def test_uploads_per_identity_cap_answers_429_with_retry_after(node_factory):
     assert _post_upload(n).status == 202
 
 
+def test_one_identity_at_its_cap_does_not_block_another(tmp_path_factory, request):
+    """The attacker's case: alice opens sessions until refused; bob (same address)
+    still uploads, and the refusal is counted per identity, not per address."""
+    from test_auth import AuthNodes
+    from authlib import create_identity
+    f = AuthNodes(tmp_path_factory, request.node.name)
+    try:
+        n = f("idcap", auth={"mode": "basic"}, storage={"max_uploads_per_identity": 3})
+        creds = {}
+        for who in ("alice", "bob"):
+            made = create_identity(n, "user", who, scopes=["bounds/**:pull,push"])
+            creds[who] = (who, made["secret"])
+        path = "/v2/bounds/app/blobs/uploads/"
+        for _ in range(3):
+            assert n.req("POST", path, auth=creds["alice"]).status == 202
+        r = n.req("POST", path, auth=creds["alice"])
+        assert r.status == 429 and r.header("Retry-After") == "30", r
+        r = n.req("POST", path, auth=creds["bob"])
+        assert r.status == 202, r
+    finally:
+        f.close()
+
+
 def test_uploads_per_node_cap_answers_429(node_factory):
     n = node_factory("nodecap", env={"GEOREG_STORAGE_MAX_UPLOADS": "4",
                                          "GEOREG_STORAGE_MAX_UPLOADS_PER_IDENTITY": "0"})
