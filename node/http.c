@@ -1123,7 +1123,8 @@ conn_parked_read(struct conn *c)
             return;
         }
         atomic_fetch_add(&w->srv->stats.bytes_in, (uint64_t)n);
-        if (c->pending.len + (size_t)n > PARK_PENDING_MAX || buf_add(&c->pending, w->rbuf, (size_t)n)) {
+        if (c->pending.len + (size_t)n > PARK_PENDING_MAX ||
+            buf_add(&c->pending, w->rbuf, (size_t)n)) {
             conn_close(c);
             return;
         }
