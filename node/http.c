@@ -455,6 +455,8 @@ headers_refuse(struct conn *c, err e, const char *detail)
 {
     struct http_req *r = c->req;
     http_resp_error(r, e, NULL, detail);
+    if (r->method == M_HEAD)
+        buf_reset(&r->resp.body); /* Content-Length: 0, so the framing is right either way */
     r->resp.close = true;
     r->body_mode = BODY_DISCARD;
     c->linger_needed = true;
