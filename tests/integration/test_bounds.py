@@ -111,7 +111,8 @@ def test_one_identity_at_its_cap_does_not_block_another(tmp_path_factory, reques
     from authlib import create_identity
     f = AuthNodes(tmp_path_factory, request.node.name)
     try:
-        n = f("idcap", auth={"mode": "basic"}, storage={"max_uploads_per_identity": 3})
+        n = f("idcap", auth={"mode": "basic"}, storage={"max_uploads_per_identity": 3},
+              http={"access_log": True})
         creds = {}
         for who in ("alice", "bob"):
             made = create_identity(n, "user", who, scopes=["bounds/**:pull,push"])
@@ -123,6 +124,9 @@ def test_one_identity_at_its_cap_does_not_block_another(tmp_path_factory, reques
         assert r.status == 429 and r.header("Retry-After") == "30", r
         r = n.req("POST", path, auth=creds["bob"])
         assert r.status == 202, r
+        # the request log names who was refused
+        wait_until(lambda: re.search(r"event=HTTP-REQ method=POST .*status=429 .*actor=alice ",
+                                     tail(n.log_path, 1 << 20)), 30, what="logged refusal")
     finally:
         f.close()
 
