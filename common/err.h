@@ -39,6 +39,7 @@
     X(BAD_REQUEST, 400, "UNSUPPORTED", "malformed request")                            \
     X(ROUTE_UNKNOWN, 404, "UNSUPPORTED", "no such endpoint")                           \
     X(METHOD, 405, "UNSUPPORTED", "method not allowed")                                \
+    X(HTTP_VERSION, 505, "UNSUPPORTED", "HTTP version not supported")                  \
     X(UNAVAILABLE, 503, "UNAVAILABLE", "service unavailable")                          \
     X(READ_ONLY, 403, "DENIED", "this node is a read-only replica")                    \
     X(TIMEOUT, 408, "UNAVAILABLE", "timed out")                                        \

@@ -74,6 +74,8 @@ h_metrics(struct http_req *r, bool nowait)
            "connections refused at the connection cap", atomic_load(&hs->conns_refused));
     metric(&b, "georeg_http_timeouts_total", "counter", "connections cut by a timeout",
            atomic_load(&hs->timeouts));
+    metric(&b, "georeg_locate_waiters", "gauge", "locate requests parked in a ?wait=",
+           atomic_load(&n->locate_waiters));
     metric(&b, "georeg_http_pool_jobs_total", "counter", "request steps run on the thread pool",
            atomic_load(&hs->pool_jobs));
     metric(&b, "georeg_http_loop_handled_total", "counter",
@@ -118,14 +120,19 @@ h_replication(struct http_req *r, bool nowait)
     return ERR_OK;
 }
 
-/* Locate scratch: what the router validated. */
+/* Locate scratch: what the router validated, and the wait in progress. */
 struct locate_req {
     char name[REF_NAME_MAX + 1];
     char ref[DIGEST_MAX];
+    bool started, counted;
+    uint64_t start_ms, wait_ms;
 };
 
-#define LOCATE_MAX_WAITERS 4
+/* Waiting locate requests are parked on the event loop between looks (no pool
+ * thread sleeps), so this only bounds their memory (a request each). */
+#define LOCATE_MAX_WAITERS 1024
 #define LOCATE_MAX_REGIONS 32
+#define LOCATE_POLL_MS 50
 
 static uint64_t
 mono_ms(void)
@@ -135,48 +142,67 @@ mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* locate_free gives back a waiter's slot, also when its client went away. */
+static void
+locate_free(struct http_req *r)
+{
+    struct locate_req *lr = (struct locate_req *)r->scratch;
+    struct node *n = r->app;
+    if (lr->counted)
+        atomic_fetch_sub(&n->locate_waiters, 1);
+    lr->counted = false;
+}
+
+/* h_locate looks once; with ?wait= and the manifest not everywhere yet it parks the
+ * request (r->park_ms) and looks again later, until complete or the wait is over. */
 static err
 h_locate(struct http_req *r, bool nowait)
 {
     struct node *n = r->app;
     struct locate_req *lr = (struct locate_req *)r->scratch;
     char regions[1024] = "", waits[32];
-    uint64_t wait_ms = 0;
     (void)nowait;
     http_req_query(r, "regions", regions, sizeof regions);
-    if (http_req_query(r, "wait", waits, sizeof waits) && !cfg_parse_duration(waits, &wait_ms)) {
-        http_resp_error(r, ERR_INVALID, "invalid wait duration", waits);
-        return ERR_OK;
-    }
-    if (wait_ms > 600000)
-        wait_ms = 600000;
-    bool waiting = false;
-    if (wait_ms) {
-        if (atomic_fetch_add(&n->locate_waiters, 1) >= LOCATE_MAX_WAITERS) {
-            atomic_fetch_sub(&n->locate_waiters, 1);
-            http_resp_error(r, ERR_TOOMANYREQUESTS, "too many waiting locate requests", NULL);
+    if (!lr->started) {
+        lr->started = true;
+        lr->start_ms = mono_ms();
+        lr->wait_ms = 0;
+        if (http_req_query(r, "wait", waits, sizeof waits) &&
+            !cfg_parse_duration(waits, &lr->wait_ms)) {
+            http_resp_error(r, ERR_INVALID, "invalid wait duration", waits);
             return ERR_OK;
         }
-        waiting = true;
+        if (lr->wait_ms > 600000)
+            lr->wait_ms = 600000;
     }
-    uint64_t start = mono_ms();
+    uint64_t start = lr->start_ms;
     struct repl_locate out[LOCATE_MAX_REGIONS];
     size_t nout = 0;
     char digest[DIGEST_MAX] = "";
     uint64_t seq = 0;
     bool all = false;
-    err e;
-    for (;;) {
-        e = store_manifest_seq(n->store, lr->name, lr->ref, digest, &seq);
-        if (!e)
-            all = repl_locate(n->repl, lr->name, lr->ref, seq, regions, out, LOCATE_MAX_REGIONS,
-                              &nout);
-        if ((!e && all) || mono_ms() - start >= wait_ms || !atomic_load(&n->ready))
-            break;
-        usleep(50000);
+    err e = store_manifest_seq(n->store, lr->name, lr->ref, digest, &seq);
+    if (!e)
+        all = repl_locate(n->repl, lr->name, lr->ref, seq, regions, out, LOCATE_MAX_REGIONS,
+                          &nout);
+    uint64_t waited = mono_ms() - start;
+    if (!(!e && all) && waited < lr->wait_ms && atomic_load(&n->ready)) {
+        if (!lr->counted) {
+            if (atomic_fetch_add(&n->locate_waiters, 1) >= LOCATE_MAX_WAITERS) {
+                atomic_fetch_sub(&n->locate_waiters, 1);
+                http_resp_error(r, ERR_TOOMANYREQUESTS, "too many waiting locate requests",
+                                NULL);
+                http_resp_header(r, "Retry-After", "1");
+                return ERR_OK;
+            }
+            lr->counted = true;
+            r->app_free = locate_free;
+        }
+        uint64_t left = lr->wait_ms - waited;
+        r->park_ms = left < LOCATE_POLL_MS ? left : LOCATE_POLL_MS;
+        return ERR_OK; /* no answer yet: looked at again after park_ms */
     }
-    if (waiting)
-        atomic_fetch_sub(&n->locate_waiters, 1);
+    locate_free(r);
     if (e) {
         http_resp_error(r, e, NULL, lr->ref);
         return ERR_OK;

@@ -199,6 +199,8 @@ static const struct key keys[] = {
     {"http.listen", K_STR, F(listen)},
     {"http.workers", K_INT, F(workers)},
     {"http.max_connections", K_INT, F(max_connections)},
+    {"http.max_connections_per_address", K_INT, F(max_connections_per_address)},
+    {"http.access_log", K_BOOL, F(access_log)},
     {"http.header_timeout", K_DUR, F(header_timeout_ms)},
     {"http.idle_timeout", K_DUR, F(idle_timeout_ms)},
     {"http.body_timeout", K_DUR, F(body_timeout_ms)},
@@ -218,6 +220,9 @@ static const struct key keys[] = {
     {"storage.inline_max", K_SIZE, F(inline_max)},
     {"storage.cache_size", K_SIZE, F(cache_bytes)},
     {"storage.upload_max_age", K_DUR, F(upload_max_age_s)},
+    {"storage.upload_idle_timeout", K_DUR, F(upload_idle_timeout_s)},
+    {"storage.max_uploads", K_INT, F(max_uploads)},
+    {"storage.max_uploads_per_identity", K_INT, F(max_uploads_per_identity)},
     {"replication.role", K_ROLE, F(primary)},
     {"replication.listen", K_STR, F(repl_listen)},
     {"replication.primary_url", K_STR, F(primary_url)},
@@ -409,7 +414,10 @@ set_key(const struct key *k, const char *path, const struct flat *f, void *base,
         uint64_t ms;
         ok = cfg_parse_duration(v, &ms);
         if (ok)
-            *(uint64_t *)field = strcmp(path, "storage.upload_max_age") == 0 ? ms / 1000 : ms;
+            *(uint64_t *)field = strcmp(path, "storage.upload_max_age") == 0 ||
+                                         strcmp(path, "storage.upload_idle_timeout") == 0
+                                     ? ms / 1000
+                                     : ms;
         break;
     }
     case K_SIZE:
@@ -488,6 +496,7 @@ cfg_defaults(struct cfg *c)
     c->log_level = LOG_INFO;
     str_copy(c->listen, sizeof c->listen, "127.0.0.1:5000");
     c->max_connections = 4096;
+    c->max_connections_per_address = 512;
     c->header_timeout_ms = 10000;
     c->idle_timeout_ms = 60000;
     c->body_timeout_ms = 60000;
@@ -497,6 +506,9 @@ cfg_defaults(struct cfg *c)
     c->inline_max = 64 * 1024;
     c->cache_bytes = 32u << 20;
     c->upload_max_age_s = 24 * 3600;
+    c->upload_idle_timeout_s = 3600;
+    c->max_uploads = 10000;
+    c->max_uploads_per_identity = 1000;
     c->primary = true;
     c->repl_window = 64;
     c->repl_chunk_bytes = 1u << 20;

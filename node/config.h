@@ -45,6 +45,8 @@ struct cfg {
     char listen[128];
     unsigned workers; /* event loops; 0 = one per core */
     unsigned max_connections;
+    unsigned max_connections_per_address; /* 0: unlimited */
+    bool access_log;                      /* request log at info */
     uint64_t header_timeout_ms, idle_timeout_ms, body_timeout_ms, drain_timeout_ms;
     uint64_t max_header_bytes, max_manifest_bytes;
     char public_url[256];
@@ -60,6 +62,9 @@ struct cfg {
     uint64_t inline_max;
     uint64_t cache_bytes;
     uint64_t upload_max_age_s;
+    unsigned max_uploads;              /* open upload sessions per node; 0: unlimited */
+    unsigned max_uploads_per_identity; /* per client identity (or address); 0: unlimited */
+    uint64_t upload_idle_timeout_s;    /* idle sessions are purged after this */
 
     /* replication */
     bool primary;         /* role: primary | secondary */

@@ -10,6 +10,7 @@
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -34,6 +35,9 @@
 #define TLS_FILE_BUF (64u << 10) /* file bodies are read and encrypted in pieces */
 #define LINGER_MS 3000
 #define LINGER_MAX_BYTES (64u << 20)
+#define PARK_TICK_MS 25              /* how often parked requests are looked at */
+#define PARK_PENDING_MAX (64u << 10) /* pipelined bytes kept while a request is parked */
+#define ADDR_BUCKETS 1024            /* per-address connection counts */
 
 enum conn_state {
     CS_TLS,      /* TLS handshake (header timeout) */
@@ -46,6 +50,8 @@ enum conn_state {
     CS_LINGER,   /* answered before reading the whole request: our side is shut down,
                     the rest of the request is read and dropped so the client sees the
                     answer instead of a reset (bounded in time and bytes) */
+    CS_PARKED,   /* the handler asked to be re-run later (park_ms): no pool thread is
+                    held, the socket is watched so a client that leaves drops it */
 };
 
 enum job_kind { JOB_NONE, JOB_PRE, JOB_HANDLER, JOB_SINK };
@@ -70,6 +76,12 @@ struct conn {
     bool hdr_too_large;
     bool pre_done;
     bool linger_needed; /* the answer goes out before the request was fully read */
+    bool handler_ran;   /* the handler ran for this request and may have parked it */
+    const char *bad_detail; /* why a callback refused the request (static) */
+    bool addr_counted;  /* counted in the server's per-address table */
+    unsigned char addr_key[16]; /* peer address, IPv4 as v4-mapped IPv6 */
+    uint64_t req_start;  /* loop time the request began (request log) */
+    uint64_t park_until; /* CS_PARKED: loop time to re-run the handler */
     uint64_t lingered;
     uint64_t deadline; /* loop time in ms; 0: none */
 
@@ -132,6 +144,9 @@ struct worker {
     struct lref lref[HTTP_MAX_LISTENERS];
     uv_async_t wake;
     uv_timer_t sweep;
+    uv_timer_t park; /* runs while nparked > 0 */
+    size_t nparked;
+    uint64_t rid_next; /* generated request ids: prefix + counter */
     struct conn *conns;
     size_t nconns;
     bool stopping, forcing, listen_closed;
@@ -153,12 +168,25 @@ struct http_server {
     _Atomic unsigned nconns;
     _Atomic int stop_phase; /* 0 running, 1 draining, 2 forcing */
     llhttp_settings_t settings;
+    uv_mutex_t addr_mu; /* guards addr_tab */
+    struct addr_count *addr_tab[ADDR_BUCKETS];
+    char rid_prefix[17]; /* random per process, so generated ids differ across nodes */
+};
+
+/* open connections of one client address */
+struct addr_count {
+    struct addr_count *next;
+    unsigned char key[16];
+    unsigned n;
 };
 
 static void conn_run(struct conn *c);
 static void conn_close(struct conn *c);
 static bool conn_send_all(struct conn *c, const char *p, size_t n);
 static void conn_update_poll(struct conn *c);
+static void conn_parked_read(struct conn *c);
+static void conn_park(struct conn *c);
+static void addr_release(http_server *srv, const unsigned char key[16]);
 
 /* ---- small helpers ---- */
 
@@ -189,6 +217,7 @@ reason_of(int status)
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }
@@ -206,6 +235,15 @@ static uint64_t
 now_ms(struct worker *w)
 {
     return uv_now(&w->loop);
+}
+
+static unsigned
+fnv_key(const unsigned char key[16])
+{
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < 16; i++)
+        h = (h ^ key[i]) * 16777619u;
+    return h;
 }
 
 /* ---- request lifecycle ---- */
@@ -273,6 +311,7 @@ on_message_begin(llhttp_t *p)
         return HPE_USER;
     c->state = CS_HEADERS;
     c->deadline = now_ms(c->w) + c->w->srv->cfg.header_timeout_ms;
+    c->req_start = now_ms(c->w);
     atomic_fetch_add(&c->w->srv->stats.requests, 1);
     return 0;
 }
@@ -320,6 +359,11 @@ on_header_field_complete(llhttp_t *p)
         char *ch = &r->raw.ptr[c->name_start + i];
         if (*ch >= 'A' && *ch <= 'Z')
             *ch = (char)(*ch + 32);
+        if (*ch == ' ' || *ch == '\t') {
+            /* "Name : value": RFC 9112 5.1 says reject (request smuggling) */
+            c->bad_detail = "whitespace between header name and colon";
+            return HPE_USER;
+        }
     }
     c->value_start = r->raw.len;
     return 0;
@@ -371,6 +415,55 @@ method_of(uint8_t m)
     }
 }
 
+/* rid_sane: a client's request id we echo and log: 1-64 of [A-Za-z0-9._:-]. */
+static bool
+rid_sane(slice v)
+{
+    if (!v.ptr || v.len == 0 || v.len > 64)
+        return false;
+    for (size_t i = 0; i < v.len; i++) {
+        char ch = v.ptr[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
+            return false;
+    }
+    return true;
+}
+
+static void
+req_new_id(struct conn *c, struct http_req *r)
+{
+    snprintf(r->request_id, sizeof r->request_id, "%s-%x-%llx", c->w->srv->rid_prefix, c->w->idx,
+             (unsigned long long)++c->w->rid_next);
+}
+
+/* req_set_id takes the client's X-Request-Id when sane, else makes one up (headers
+ * must be slices already). */
+static void
+req_set_id(struct conn *c, struct http_req *r)
+{
+    slice v = http_req_header(r, "x-request-id");
+    if (rid_sane(v))
+        str_copy_slice(r->request_id, sizeof r->request_id, v);
+    else
+        req_new_id(c, r);
+}
+
+/* headers_refuse answers a request whose head is not acceptable HTTP/1.x and closes. */
+static int
+headers_refuse(struct conn *c, err e, const char *detail)
+{
+    struct http_req *r = c->req;
+    http_resp_error(r, e, NULL, detail);
+    if (r->method == M_HEAD)
+        buf_reset(&r->resp.body); /* Content-Length: 0, so the framing is right either way */
+    r->resp.close = true;
+    r->body_mode = BODY_DISCARD;
+    c->linger_needed = true;
+    c->state = CS_HANDLING;
+    return HPE_PAUSED;
+}
+
 static int
 on_headers_complete(llhttp_t *p)
 {
@@ -383,12 +476,27 @@ on_headers_complete(llhttp_t *p)
         r->headers[i].name.ptr = base + (uintptr_t)r->headers[i].name.ptr;
         r->headers[i].value.ptr = base + (uintptr_t)r->headers[i].value.ptr;
     }
+    req_set_id(c, r);
+    {
+        slice url = {base, r->url_len};
+        const char *q = memchr(url.ptr, '?', url.len);
+        r->path = q ? (slice){url.ptr, (size_t)(q - url.ptr)} : url;
+        r->method = method_of(llhttp_get_method(p));
+    }
+    /* only HTTP/1.0 and 1.1 are spoken here (no 0.9 request lines, no 2.0 over
+     * plain text), and an HTTP/1.1 request must name its Host (RFC 9112 3.2) */
+    if (p->http_major != 1 || p->http_minor > 1)
+        return p->http_major == 0 ? headers_refuse(c, ERR_BAD_REQUEST, "HTTP/0.9 is not supported")
+                                  : headers_refuse(c, ERR_HTTP_VERSION, NULL);
+    if (p->http_minor == 1 && !http_req_header(r, "host").ptr)
+        return headers_refuse(c, ERR_BAD_REQUEST, "missing Host header");
     slice url = {base, r->url_len};
     const char *q = memchr(url.ptr, '?', url.len);
     r->path = q ? (slice){url.ptr, (size_t)(q - url.ptr)} : url;
     r->query = q ? (slice){q + 1, url.len - (size_t)(q - url.ptr) - 1} : (slice){"", 0};
     r->method = method_of(llhttp_get_method(p));
     r->chunked = (p->flags & F_CHUNKED) != 0;
+    r->park_ms = 0;
     r->has_length = (p->flags & F_CONTENT_LENGTH) != 0;
     r->content_length = r->has_length ? p->content_length : 0;
     slice expect = http_req_header(r, "expect");
@@ -557,6 +665,14 @@ static void
 conn_feed(struct conn *c, const char *data, size_t len)
 {
     llhttp_errno_t e = llhttp_execute(&c->parser, data, len);
+    if (e == HPE_OK && c->state == CS_HEADERS && c->req && c->req->url_len &&
+        c->parser.http_major == 0 && c->parser.http_minor == 9) {
+        /* "GET /path" with no version is HTTP/0.9: refused now, not after the header
+         * timeout (llhttp goes on reading headers for it) */
+        c->req->url_len = 0;
+        http_resp_error(c->req, ERR_BAD_REQUEST, NULL, "HTTP/0.9 is not supported");
+        e = HPE_USER;
+    }
     if (e == HPE_OK)
         return;
     if (e == HPE_PAUSED) {
@@ -583,8 +699,11 @@ conn_feed(struct conn *c, const char *data, size_t len)
     if (!r->resp.status) {
         if (c->hdr_too_large)
             http_resp_error(r, ERR_HEADERS_TOO_LARGE, NULL, NULL);
+        else if (e == HPE_INVALID_VERSION && c->parser.http_major >= 2)
+            http_resp_error(r, ERR_HTTP_VERSION, NULL, NULL);
         else
-            http_resp_error(r, ERR_BAD_REQUEST, NULL, llhttp_errno_name(e));
+            http_resp_error(r, ERR_BAD_REQUEST, NULL,
+                            c->bad_detail ? c->bad_detail : llhttp_errno_name(e));
     }
     r->resp.close = true;
     c->linger_needed = true;
@@ -647,6 +766,10 @@ conn_read(struct conn *c)
     }
     if (c->state == CS_LINGER) {
         conn_linger_read(c);
+        return;
+    }
+    if (c->state == CS_PARKED) {
+        conn_parked_read(c);
         return;
     }
     for (int i = 0; i < 16 && !c->paused && !c->closing && !c->backpressure; i++) {
@@ -733,6 +856,8 @@ job_done(uv_work_t *wk, int status)
         c->backpressure = false;
     } else if (kind == JOB_PRE) {
         c->pre_done = true;
+    } else if (kind == JOB_HANDLER) {
+        c->handler_ran = true;
     }
     if (c->closing) {
         c->closing = false;
@@ -758,6 +883,30 @@ job_submit(struct conn *c, enum job_kind kind)
 
 /* ---- writing ---- */
 
+/* req_log writes the request log line: at info with http.access_log, else at debug.
+ * ms is the time from the first request byte to the response head. */
+static void
+req_log(struct conn *c, uint64_t bytes)
+{
+    http_server *srv = c->w->srv;
+    int lvl = srv->cfg.access_log ? LOG_INFO : LOG_DEBUG;
+    if (lvl > log_level_)
+        return;
+    struct http_req *r = c->req;
+    uv_update_time(&c->w->loop);
+    uint64_t ms = c->req_start ? now_ms(c->w) - c->req_start : 0;
+    bool parsed = r->path.ptr != NULL;
+    const char *method = parsed ? llhttp_method_name((llhttp_method_t)c->parser.method) : "-";
+    slice path = parsed ? r->path : (slice){"-", 1};
+    const char *actor = parsed && srv->cfg.actor_of ? srv->cfg.actor_of(r) : "-";
+    log_write(lvl, "HTTP-REQ",
+              "method=%s path=\"%.*s\" status=%d bytes=%llu ms=%llu actor=%s request_id=%s "
+              "peer=%s listener=%s",
+              method, (int)(path.len > 512 ? 512 : path.len), path.ptr, r->resp.status,
+              (unsigned long long)bytes, (unsigned long long)ms, actor ? actor : "-",
+              r->request_id, r->peer, r->listener);
+}
+
 static void
 resp_build_head(struct conn *c)
 {
@@ -775,6 +924,9 @@ resp_build_head(struct conn *c)
              rs->status, reason_of(rs->status), c->w->date);
     if (rs->status != 204 && rs->status != 304)
         buf_addf(o, "Content-Length: %llu\r\n", (unsigned long long)clen);
+    if (!r->request_id[0])
+        req_new_id(c, r); /* refused before its headers were complete */
+    buf_addf(o, "X-Request-Id: %s\r\n", r->request_id);
     buf_add(o, rs->headers.ptr, rs->headers.len);
     if (rs->close)
         buf_adds(o, "Connection: close\r\n");
@@ -790,6 +942,7 @@ resp_build_head(struct conn *c)
         buf_add(o, rs->body.ptr, rs->body.len);
         buf_release(&rs->body);
     }
+    req_log(c, clen);
     int s = rs->status;
     struct http_stats *st = &c->w->srv->stats;
     atomic_fetch_add(s < 300 ? &st->responses_2xx
@@ -913,6 +1066,73 @@ resp_reset(struct http_resp *rs)
     rs->no_body = rs->close = false;
 }
 
+static void on_park_tick(uv_timer_t *t);
+
+/* conn_park leaves a request whose handler asked to wait: no pool thread holds it;
+ * the worker's park timer re-runs the handler when it is due. */
+static void
+conn_park(struct conn *c)
+{
+    struct worker *w = c->w;
+    c->state = CS_PARKED;
+    c->park_until = now_ms(w) + c->req->park_ms;
+    c->req->park_ms = 0;
+    c->deadline = 0;
+    if (w->nparked++ == 0)
+        uv_timer_start(&w->park, on_park_tick, PARK_TICK_MS, PARK_TICK_MS);
+}
+
+/* conn_unpark: the handler runs again now (due, or the server stops). */
+static void
+conn_unpark(struct conn *c)
+{
+    struct worker *w = c->w;
+    c->state = CS_HANDLING;
+    if (--w->nparked == 0)
+        uv_timer_stop(&w->park);
+}
+
+static void
+on_park_tick(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    uint64_t now = now_ms(w);
+    struct conn *c = w->conns, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (c->state == CS_PARKED && !c->closing && (now >= c->park_until || w->stopping)) {
+            conn_unpark(c);
+            conn_run(c); /* may close c; next was taken before */
+        }
+    }
+}
+
+/* conn_parked_read watches a parked request's socket: end of stream or an error
+ * means the client left, so the request is dropped; pipelined bytes are kept
+ * (bounded) for after the answer. */
+static void
+conn_parked_read(struct conn *c)
+{
+    struct worker *w = c->w;
+    for (;;) {
+        ssize_t n = conn_recv(c, w->rbuf, READ_BUF_SIZE);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (n <= 0) {
+            conn_close(c);
+            return;
+        }
+        atomic_fetch_add(&w->srv->stats.bytes_in, (uint64_t)n);
+        if (c->pending.len + (size_t)n > PARK_PENDING_MAX ||
+            buf_add(&c->pending, w->rbuf, (size_t)n)) {
+            conn_close(c);
+            return;
+        }
+    }
+}
+
 static void
 request_done(struct conn *c)
 {
@@ -921,6 +1141,7 @@ request_done(struct conn *c)
     buf_reset(&c->out);
     c->out_off = 0;
     c->pre_done = false;
+    c->handler_ran = false;
     free(c->tbuf);
     c->tbuf = NULL;
     c->tbuf_len = c->tbuf_off = 0;
@@ -1025,6 +1246,14 @@ conn_run(struct conn *c)
                 job_submit(c, JOB_SINK);
                 goto wait;
             }
+            if (!r->resp.status && c->handler_ran) {
+                c->handler_ran = false;
+                if (r->park_ms) {
+                    conn_park(c);
+                    goto wait;
+                }
+                http_resp_error(r, ERR_INTERNAL, NULL, "the handler gave no answer");
+            }
             if (!r->resp.status) {
                 if (r->body_too_large) {
                     http_resp_error(r, ERR_BODY_TOO_LARGE, NULL, NULL);
@@ -1033,10 +1262,15 @@ conn_run(struct conn *c)
                 } else if (r->handler_on_pool ||
                            r->handler(r, true) == ERR_WOULDBLOCK) {
                     resp_reset(&r->resp);
+                    r->park_ms = 0;
                     job_submit(c, JOB_HANDLER);
                     goto wait;
                 } else {
                     atomic_fetch_add(&c->w->srv->stats.loop_handled, 1);
+                    if (!r->resp.status && r->park_ms) {
+                        conn_park(c);
+                        goto wait;
+                    }
                 }
             }
             if (!llhttp_should_keep_alive(&c->parser))
@@ -1047,6 +1281,7 @@ conn_run(struct conn *c)
             continue;
         case CS_LINGER:
         case CS_TLS:
+        case CS_PARKED:
             goto wait;
         case CS_SENDING:
             if (!conn_write(c))
@@ -1085,7 +1320,7 @@ conn_update_poll(struct conn *c)
                          c->state == CS_TLS;
     if (c->tls_want_write)
         want |= UV_WRITABLE;
-    if (c->state == CS_LINGER)
+    if (c->state == CS_LINGER || c->state == CS_PARKED)
         want |= UV_READABLE;
     if (reading_state && !c->paused && !c->backpressure && !c->read_eof)
         want |= UV_READABLE;
@@ -1133,6 +1368,7 @@ worker_maybe_finish(struct worker *w)
     uv_mutex_lock(&w->finish_mu);
     if (!w->finished) {
         w->finished = true;
+        uv_close((uv_handle_t *)&w->park, NULL);
         uv_close((uv_handle_t *)&w->sweep, NULL);
         uv_close((uv_handle_t *)&w->wake, NULL);
     }
@@ -1152,6 +1388,8 @@ on_conn_closed(uv_handle_t *h)
     buf_release(&c->out);
     buf_release(&c->sink_buf[0]);
     buf_release(&c->sink_buf[1]);
+    if (c->addr_counted)
+        addr_release(w->srv, c->addr_key);
     free(c);
     atomic_fetch_sub(&w->srv->nconns, 1);
     atomic_fetch_sub(&w->srv->stats.conns_open, 1);
@@ -1174,6 +1412,8 @@ conn_close(struct conn *c)
     if (uv_is_closing((uv_handle_t *)&c->poll))
         return;
     struct worker *w = c->w;
+    if (c->state == CS_PARKED)
+        conn_unpark(c); /* counts only; the request is dropped below */
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -1196,7 +1436,13 @@ cidr_match(const struct cidr *c, const struct sockaddr_storage *ss)
 {
     const unsigned char *a;
     size_t alen;
-    if (ss->ss_family == AF_INET && c->family == AF_INET) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+    if (ss->ss_family == AF_INET6 && c->family == AF_INET &&
+        IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+        /* an IPv4 client of a dual-stack [::] listener: ::ffff:a.b.c.d */
+        a = s6->sin6_addr.s6_addr + 12;
+        alen = 4;
+    } else if (ss->ss_family == AF_INET && c->family == AF_INET) {
         a = (const unsigned char *)&((const struct sockaddr_in *)ss)->sin_addr;
         alen = 4;
     } else if (ss->ss_family == AF_INET6 && c->family == AF_INET6) {
@@ -1227,16 +1473,67 @@ listener_allows(const struct listener *l, const struct sockaddr_storage *ss)
     return false;
 }
 
+/* addr_acquire counts one more connection from key; false (nothing counted) when the
+ * address already has the configured maximum. */
+static bool
+addr_acquire(http_server *srv, const unsigned char key[16])
+{
+    unsigned max = srv->cfg.max_connections_per_address;
+    unsigned b = fnv_key(key) % ADDR_BUCKETS;
+    bool ok = false;
+    uv_mutex_lock(&srv->addr_mu);
+    struct addr_count *a = srv->addr_tab[b];
+    while (a && memcmp(a->key, key, 16) != 0)
+        a = a->next;
+    if (!a && (a = calloc(1, sizeof *a))) {
+        memcpy(a->key, key, 16);
+        a->next = srv->addr_tab[b];
+        srv->addr_tab[b] = a;
+    }
+    if (a && a->n < max) {
+        a->n++;
+        ok = true;
+    }
+    uv_mutex_unlock(&srv->addr_mu);
+    return ok;
+}
+
+static void
+addr_release(http_server *srv, const unsigned char key[16])
+{
+    unsigned b = fnv_key(key) % ADDR_BUCKETS;
+    uv_mutex_lock(&srv->addr_mu);
+    struct addr_count **pp = &srv->addr_tab[b];
+    while (*pp && memcmp((*pp)->key, key, 16) != 0)
+        pp = &(*pp)->next;
+    struct addr_count *a = *pp;
+    if (a && --a->n == 0) {
+        *pp = a->next;
+        free(a);
+    }
+    uv_mutex_unlock(&srv->addr_mu);
+}
+
 static void
 accept_one(struct worker *w, unsigned lidx, int fd, struct sockaddr_storage *ss)
 {
     http_server *srv = w->srv;
     struct listener *l = &srv->lis[lidx];
     char peer[64] = "";
-    if (ss->ss_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)ss)->sin_addr, peer, sizeof peer);
-    else if (ss->ss_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)ss)->sin6_addr, peer, sizeof peer);
+    unsigned char key[16] = {0};
+    if (ss->ss_family == AF_INET) {
+        const struct in_addr *a4 = &((struct sockaddr_in *)ss)->sin_addr;
+        inet_ntop(AF_INET, a4, peer, sizeof peer);
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, a4, 4);
+    } else if (ss->ss_family == AF_INET6) {
+        const struct in6_addr *a6 = &((struct sockaddr_in6 *)ss)->sin6_addr;
+        memcpy(key, a6->s6_addr, 16);
+        if (IN6_IS_ADDR_V4MAPPED(a6)) /* one name per client, whatever the listener */
+            inet_ntop(AF_INET, a6->s6_addr + 12, peer, sizeof peer);
+        else
+            inet_ntop(AF_INET6, a6, peer, sizeof peer);
+    }
     if (!listener_allows(l, ss)) {
         static const char refused[] =
             "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n"
@@ -1271,12 +1568,33 @@ accept_one(struct worker *w, unsigned lidx, int fd, struct sockaddr_storage *ss)
         atomic_fetch_add(&srv->stats.conns_refused, 1);
         return;
     }
+    if (srv->cfg.max_connections_per_address && !addr_acquire(srv, key)) {
+        static const char busy[] =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            "Retry-After: 5\r\nContent-Length: 104\r\nConnection: close\r\n\r\n"
+            "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"too many connections "
+            "from this address\",\"detail\":null}]}";
+        if (!l->tls) {
+            ssize_t wr = write(fd, busy, sizeof busy - 1);
+            (void)wr;
+        }
+        close(fd);
+        atomic_fetch_sub(&srv->nconns, 1);
+        atomic_fetch_add(&srv->stats.conns_refused, 1);
+        log_debug("HTTP-ADDRESS-CAP", "listener=%s peer=%s max=%u", l->name, peer,
+                  srv->cfg.max_connections_per_address);
+        return;
+    }
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
         close(fd);
         atomic_fetch_sub(&srv->nconns, 1);
+        if (srv->cfg.max_connections_per_address)
+            addr_release(srv, key);
         return;
     }
+    c->addr_counted = srv->cfg.max_connections_per_address != 0;
+    memcpy(c->addr_key, key, 16);
     c->w = w;
     c->fd = fd;
     c->lidx = lidx;
@@ -1293,6 +1611,8 @@ accept_one(struct worker *w, unsigned lidx, int fd, struct sockaddr_storage *ss)
         if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
             if (c->ssl)
                 SSL_free(c->ssl);
+            if (c->addr_counted)
+                addr_release(srv, key);
             free(c);
             close(fd);
             atomic_fetch_sub(&srv->nconns, 1);
@@ -1391,6 +1711,8 @@ on_wake(uv_async_t *a)
         return;
     w->stopping = true;
     worker_close_listener(w);
+    if (w->nparked)
+        on_park_tick(&w->park); /* parked handlers answer now (they see the node stop) */
     struct conn *c = w->conns, *next;
     for (; c; c = next) {
         next = c->next;
@@ -1459,8 +1781,9 @@ bind_listener(const char *host, int port, int *fd_out)
     if (fd < 0)
         return -errno;
     int one = 1;
+    /* SO_REUSEADDR only: a restart may bind over TIME_WAIT, but a second process on a
+     * port in use fails here (SO_REUSEPORT let two nodes split one port's clients) */
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&ss, sl) != 0 || listen(fd, 1024) != 0) {
         int e = errno;
         close(fd);
@@ -1537,6 +1860,14 @@ http_server_new(const struct http_config *cfg, void (*on_headers)(struct http_re
     if (!s)
         return ERR_NOMEM;
     s->cfg = *cfg;
+    uv_mutex_init(&s->addr_mu);
+    {
+        unsigned char rnd[4];
+        if (RAND_bytes(rnd, sizeof rnd) != 1)
+            memset(rnd, 0, sizeof rnd);
+        snprintf(s->rid_prefix, sizeof s->rid_prefix, "%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2],
+                 rnd[3]);
+    }
     s->on_headers = on_headers;
     s->app = app;
     s->nworkers = cfg->workers ? cfg->workers : uv_available_parallelism();
@@ -1596,10 +1927,15 @@ http_server_new(const struct http_config *cfg, void (*on_headers)(struct http_re
         struct listener *l = &s->lis[k];
         for (unsigned i = 0; i < s->nworkers; i++) {
             struct worker *w = &s->workers[i];
-            int rc = bind_listener(l->host, l->port, &w->listen_fd[k]);
+            /* one socket per listener; every worker polls its own descriptor of it */
+            int rc = i == 0 ? bind_listener(l->host, l->port, &w->listen_fd[k])
+                            : (w->listen_fd[k] = fcntl(s->workers[0].listen_fd[k],
+                                                       F_DUPFD_CLOEXEC, 0)) < 0 ? -errno : 0;
             if (rc < 0) {
-                log_error("HTTP-LISTEN", "listener=%s listen=%s:%d error=\"%s\"", l->name, l->host,
-                          l->port, strerror(-rc));
+                log_error("HTTP-LISTEN", "listener=%s listen=%s:%d error=\"%s\"%s", l->name,
+                          l->host, l->port, strerror(-rc),
+                          rc == -EADDRINUSE ? " hint=\"address in use: another process "
+                                              "listens on this port\"" : "");
                 e = ERR_IO;
                 goto fail;
             }
@@ -1623,6 +1959,7 @@ fail:
         free(s->workers);
     }
     free_listeners(s);
+    uv_mutex_destroy(&s->addr_mu);
     free(s);
     return e;
 }
@@ -1679,6 +2016,8 @@ http_server_start(http_server *s)
         uv_timer_init(&w->loop, &w->sweep);
         w->sweep.data = w;
         uv_timer_start(&w->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+        uv_timer_init(&w->loop, &w->park);
+        w->park.data = w;
         if (uv_thread_create(&w->thread, worker_main, w) != 0)
             return ERR_NOMEM;
     }
@@ -1739,6 +2078,14 @@ http_server_free(http_server *s)
     }
     free(s->workers);
     free_listeners(s);
+    for (size_t b = 0; b < ADDR_BUCKETS; b++) {
+        struct addr_count *a = s->addr_tab[b], *n;
+        for (; a; a = n) {
+            n = a->next;
+            free(a);
+        }
+    }
+    uv_mutex_destroy(&s->addr_mu);
     free(s);
 }
 

@@ -1,5 +1,6 @@
-/* The HTTP/1.1 server: one libuv event loop per worker thread, each with its own
- * SO_REUSEPORT listener; llhttp parses; bodies stream to a sink on the thread
+/* The HTTP/1.1 server: one libuv event loop per worker thread, all polling one
+ * listening socket per address (no SO_REUSEPORT: a second node on a busy port
+ * fails to start); llhttp parses; bodies stream to a sink on the thread
  * pool with back-pressure; responses come from memory or from a file with
  * sendfile. Request handlers are pure functions of the request that fill a
  * response: they run on the loop when everything they read is in memory
@@ -61,7 +62,8 @@ struct http_req {
     size_t nheaders;
     uint64_t content_length; /* valid when has_length */
     bool has_length, chunked, expect_continue;
-    char peer[64];      /* client address "ip" */
+    char peer[64];      /* client address "ip" (IPv4-mapped IPv6 shown as IPv4) */
+    char request_id[65]; /* the client's sane X-Request-Id, else generated; echoed */
     const char *listener; /* name of the listener it came in on */
     bool tls;
 
@@ -71,6 +73,10 @@ struct http_req {
     http_step_fn pre_body; /* run on the pool before the body is read (may answer) */
     http_step_fn handler;  /* run once the whole body is in */
     bool handler_on_pool;  /* skip the nowait attempt on the loop */
+    /* A handler that leaves resp.status 0 and sets park_ms is run again after that
+     * many ms; meanwhile the connection waits on the loop (no pool thread), and a
+     * client that goes away drops the request (app_free runs). */
+    uint64_t park_ms;
     http_sink_fn sink;
     void *sink_ctx;
 
@@ -120,6 +126,10 @@ struct http_config {
     void (*on_refused)(void *app, const char *listener, const char *peer);
     unsigned workers;   /* 0: one per core */
     unsigned max_connections;
+    unsigned max_connections_per_address; /* 0: no per-address cap */
+    bool access_log;                      /* one REQ line per request at info (else debug) */
+    /* names the authenticated client for the request log ("-": anonymous) */
+    const char *(*actor_of)(struct http_req *r);
     uint64_t header_timeout_ms, idle_timeout_ms, body_timeout_ms;
     uint64_t max_header_bytes;
 };

@@ -127,7 +127,10 @@ node_open(const struct cfg *cfg, struct node **out)
     pthread_mutex_init(&n->audit_mu, NULL);
     pthread_mutex_init(&n->audit_flush_mu, NULL);
     buf_init(&n->audit_queue);
-    struct store_options so = {.inline_max = cfg->inline_max, .cache_bytes = cfg->cache_bytes};
+    struct store_options so = {.inline_max = cfg->inline_max,
+                               .cache_bytes = cfg->cache_bytes,
+                               .max_uploads = cfg->max_uploads,
+                               .max_uploads_per_owner = cfg->max_uploads_per_identity};
     if ((e = store_open(cfg->data_dir, &so, &n->store)))
         goto fail;
     struct http_config hc = {
@@ -135,6 +138,9 @@ node_open(const struct cfg *cfg, struct node **out)
         .on_refused = on_refused,
         .workers = cfg->workers,
         .max_connections = cfg->max_connections,
+        .max_connections_per_address = cfg->max_connections_per_address,
+        .access_log = cfg->access_log,
+        .actor_of = access_actor,
         .header_timeout_ms = cfg->header_timeout_ms,
         .idle_timeout_ms = cfg->idle_timeout_ms,
         .body_timeout_ms = cfg->body_timeout_ms,
@@ -231,8 +237,14 @@ housekeeping_work(uv_work_t *w)
     struct node *n = w->data;
     static _Thread_local uint64_t last_purge;
     uint64_t now = (uint64_t)time(NULL);
-    if (now - last_purge >= 3600) {
-        store_upload_purge(n->store, n->cfg->upload_max_age_s);
+    /* idle sessions go after storage.upload_idle_timeout (looked at every quarter of
+     * it, at most hourly), any session after storage.upload_max_age */
+    uint64_t max_age = n->cfg->upload_max_age_s;
+    if (n->cfg->upload_idle_timeout_s && n->cfg->upload_idle_timeout_s < max_age)
+        max_age = n->cfg->upload_idle_timeout_s;
+    uint64_t every = max_age / 4 < 3600 ? max_age / 4 : 3600;
+    if (now - last_purge >= every) {
+        store_upload_purge(n->store, max_age);
         last_purge = now;
     }
     repl_housekeeping(n->repl);

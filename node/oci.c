@@ -488,6 +488,33 @@ content_range(slice h, uint64_t *start, uint64_t *end)
     return slice_parse_u64(a, start) && slice_parse_u64(b, end) && *end >= *start;
 }
 
+/* upload_owner names who a new upload session counts against: the identity, or the
+ * client's address when anonymous. */
+static void
+upload_owner(struct http_req *r, char *out, size_t n)
+{
+    const struct auth_principal *who = access_who(r);
+    if (who)
+        snprintf(out, n, "id:%s", access_actor(r));
+    else
+        snprintf(out, n, "addr:%s", r->peer);
+}
+
+/* upload_create starts a session for the client under the upload caps; on 429 the
+ * answer carries Retry-After. */
+static err
+upload_create(struct http_req *r, struct node *nd, struct route *rt)
+{
+    char owner[128]; /* the store keeps the first 63 bytes */
+    upload_owner(r, owner, sizeof owner);
+    err e = store_upload_create_for(nd->store, rt->name, owner, rt->upload_id);
+    if (e == ERR_TOOMANYREQUESTS) {
+        http_resp_error(r, e, "too many open upload sessions", NULL);
+        http_resp_header(r, "Retry-After", "30");
+    }
+    return e;
+}
+
 /* pre_upload acquires the session (creating one for a monolithic POST) before the
  * body is read, and checks Content-Range. Runs on the pool. */
 static err
@@ -507,7 +534,9 @@ pre_upload(struct http_req *r, bool nowait)
     r->app_free = upload_ctx_free;
     err e;
     if (rt->kind == R_UPLOAD_START) {
-        e = store_upload_create(nd->store, rt->name, rt->upload_id);
+        e = upload_create(r, nd, rt);
+        if (e == ERR_TOOMANYREQUESTS)
+            return ERR_OK;
         if (!e)
             e = store_upload_acquire(nd->store, rt->name, rt->upload_id, &u->u);
     } else {
@@ -616,9 +645,10 @@ h_upload_start(struct http_req *r, bool nowait)
         }
         /* not mountable: a normal upload session instead, as the spec says */
     }
-    err e = store_upload_create(nd->store, rt->name, rt->upload_id);
+    err e = upload_create(r, nd, rt);
     if (e) {
-        http_resp_error(r, e, NULL, NULL);
+        if (e != ERR_TOOMANYREQUESTS)
+            http_resp_error(r, e, NULL, NULL);
         return ERR_OK;
     }
     answer_empty(r, 202);

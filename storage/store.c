@@ -372,6 +372,9 @@ store_open(const char *dir, const struct store_options *opt, store **out)
     rocksdb_writeoptions_set_sync(s->wo, opt && opt->no_sync ? 0 : 1);
     s->wo_nosync = rocksdb_writeoptions_create();
     load_head(s);
+    s->max_uploads = opt ? opt->max_uploads : 0;
+    s->max_uploads_per_owner = opt ? opt->max_uploads_per_owner : 0;
+    uploads_count(s);
     log_info("STORE-OPEN", "dir=%s log_head=%llu inline_max=%llu", dir,
              (unsigned long long)s->head, (unsigned long long)s->inline_max);
     *out = s;
@@ -1133,6 +1136,6 @@ store_get_stats(store *s, struct store_stats *out)
 {
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&s->uploads_mu);
-    out->uploads_open = s->nuploads;
+    out->uploads_open = s->nsessions;
     pthread_mutex_unlock(&s->uploads_mu);
 }

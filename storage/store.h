@@ -26,6 +26,9 @@ struct store_options {
     uint64_t cache_bytes;
     /* false only in tests that measure: commits are not fsynced. */
     bool no_sync;
+    /* Open upload sessions with an owner (store_upload_create_for), in all and per
+     * owner; beyond them creating one fails with ERR_TOOMANYREQUESTS. 0: no cap. */
+    unsigned max_uploads, max_uploads_per_owner;
 };
 
 /* Read flags. STORE_NOWAIT: answer only from memory (memtable, block cache, open
@@ -79,6 +82,13 @@ typedef struct store_upload store_upload;
 /* store_upload_create starts an upload session for repo; id receives its 32 hex chars.
  * The session survives restarts until finished or cancelled. */
 err store_upload_create(store *s, const char *repo, char id[STORE_UPLOAD_ID_LEN + 1]);
+/* store_upload_create_for is store_upload_create on behalf of owner (a client's
+ * identity, at most 63 bytes, borrowed), counted against the max_uploads caps:
+ * ERR_TOOMANYREQUESTS when the node or the owner has as many sessions open as
+ * allowed. No descriptor is held by a session between requests: its file is opened
+ * by store_upload_acquire and closed by store_upload_release. */
+err store_upload_create_for(store *s, const char *repo, const char *owner,
+                            char id[STORE_UPLOAD_ID_LEN + 1]);
 /* store_upload_acquire gives exclusive use of upload id of repo until
  * store_upload_release. After a restart this reopens the file and re-hashes it (may
  * take time). ERR_BLOB_UPLOAD_UNKNOWN when no such session for this repo, ERR_BUSY
@@ -120,7 +130,8 @@ err store_upload_finish(store *s, store_upload *u, const char *digest, uint64_t 
 /* store_upload_cancel deletes a session and its bytes. ERR_BLOB_UPLOAD_UNKNOWN,
  * ERR_BUSY as acquire. */
 err store_upload_cancel(store *s, const char *repo, const char *id);
-/* store_upload_purge removes sessions untouched for longer than max_age_s. */
+/* store_upload_purge removes sessions untouched for longer than max_age_s, without
+ * re-reading their bytes. */
 void store_upload_purge(store *s, uint64_t max_age_s);
 
 /* ---- manifests, tags, referrers ---- */

@@ -85,6 +85,10 @@ struct store {
     pthread_mutex_t uploads_mu;
     struct store_upload *uploads[UPLOAD_BUCKETS];
     size_t nuploads;
+    /* persisted sessions, counted at open and kept up to date; under uploads_mu */
+    size_t nsessions;
+    struct owner_count *owners[UPLOAD_BUCKETS];
+    unsigned max_uploads, max_uploads_per_owner;
 
     _Atomic uint64_t rmeta_version;
 
@@ -113,6 +117,8 @@ void blob_dir_of(const store *s, const char *digest, char *out, size_t n);
 void blob_record(buf *out, uint64_t size, const void *inline_bytes);
 err fsync_dir(const char *dir);
 void uploads_free_all(store *s);
+/* uploads_count counts the persisted sessions (and per owner) at open. */
+void uploads_count(store *s);
 err put_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_manifest_put *m,
                         char missing[DIGEST_MAX], uint64_t seq);
 err delete_manifest_locked(store *s, rocksdb_writebatch_t *wb, const char *repo,

@@ -2,7 +2,9 @@
  * finish the file is verified, fsynced and renamed into its content-addressed
  * place (or moved inline into RocksDB when small) before one synced commit makes
  * the blob visible. Sessions are persisted, so an upload survives a restart; the
- * hash state is rebuilt by re-reading the file. */
+ * hash state is rebuilt by re-reading the file. An idle session holds no file
+ * descriptor (open on acquire, closed on release), and sessions are counted per
+ * node and per owner so that a client cannot open them without bound. */
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/rand.h>
@@ -46,7 +48,8 @@ struct store_upload {
     struct hashq *hq;          /* NULL until the first deferred write */
     char id[STORE_UPLOAD_ID_LEN + 1];
     char repo[256];
-    int fd;
+    char owner[64]; /* who opened it ("" for internal uploads) */
+    int fd;         /* open only while busy */
     hasher *h; /* SHA-256 of bytes [0, offset) */
     uint64_t offset;
     uint64_t synced_to; /* writeback started up to here */
@@ -60,6 +63,58 @@ static unsigned
 bucket_of(const char *id)
 {
     return fnv1a(id, strlen(id)) % UPLOAD_BUCKETS;
+}
+
+/* open sessions of one owner */
+struct owner_count {
+    struct owner_count *next;
+    char owner[64];
+    unsigned n;
+};
+
+/* owner_locked finds owner's counter, creating it (at 0) when create; NULL if absent
+ * or out of memory. */
+static struct owner_count *
+owner_locked(store *s, const char *owner, bool create)
+{
+    unsigned b = bucket_of(owner);
+    struct owner_count *o = s->owners[b];
+    while (o && strcmp(o->owner, owner) != 0)
+        o = o->next;
+    if (!o && create && (o = calloc(1, sizeof *o))) {
+        str_copy(o->owner, sizeof o->owner, owner);
+        o->next = s->owners[b];
+        s->owners[b] = o;
+    }
+    return o;
+}
+
+/* session_uncount_locked forgets one persisted session of owner. */
+static void
+session_uncount_locked(store *s, const char *owner)
+{
+    if (s->nsessions)
+        s->nsessions--;
+    if (!owner[0])
+        return;
+    unsigned b = bucket_of(owner);
+    struct owner_count **pp = &s->owners[b];
+    while (*pp && strcmp((*pp)->owner, owner) != 0)
+        pp = &(*pp)->next;
+    struct owner_count *o = *pp;
+    if (o && --o->n == 0) {
+        *pp = o->next;
+        free(o);
+    }
+}
+
+static void
+session_count_locked(store *s, const char *owner)
+{
+    s->nsessions++;
+    struct owner_count *o = owner[0] ? owner_locked(s, owner, true) : NULL;
+    if (o)
+        o->n++;
 }
 
 static uint64_t
@@ -178,22 +233,34 @@ uploads_free_all(store *s)
         s->uploads[i] = NULL;
     }
     s->nuploads = 0;
+    for (int i = 0; i < UPLOAD_BUCKETS; i++) {
+        struct owner_count *o = s->owners[i], *n;
+        for (; o; o = n) {
+            n = o->next;
+            free(o);
+        }
+        s->owners[i] = NULL;
+    }
+    s->nsessions = 0;
 }
 
-/* session record: [ver=1][offset u64][created u64][touched u64][repo] */
+/* session record: [ver=2][offset u64][created u64][touched u64][owner len u8][owner]
+ * [repo]; version 1 (before owners) had no owner length and owner. */
 static err
 put_session(store *s, const struct store_upload *u, bool sync)
 {
-    char v[25 + 256];
-    size_t rl = strlen(u->repo);
-    v[0] = 1;
+    char v[26 + 64 + 256];
+    size_t rl = strlen(u->repo), ol = strlen(u->owner);
+    v[0] = 2;
     put_u64le(v + 1, u->offset);
     put_u64le(v + 9, u->created_s);
     put_u64le(v + 17, u->touched_s);
-    memcpy(v + 25, u->repo, rl);
+    v[25] = (char)ol;
+    memcpy(v + 26, u->owner, ol);
+    memcpy(v + 26 + ol, u->repo, rl);
     char *msg = NULL;
     rocksdb_put_cf(s->db, sync ? s->wo : s->wo_nosync, s->cf[CF_UPLOADS], u->id,
-                   STORE_UPLOAD_ID_LEN, v, 25 + rl, &msg);
+                   STORE_UPLOAD_ID_LEN, v, 26 + ol + rl, &msg);
     if (msg) {
         log_error("STORE-ROCKSDB", "op=put_session error=\"%s\"", msg);
         rocksdb_free(msg);
@@ -205,24 +272,58 @@ put_session(store *s, const struct store_upload *u, bool sync)
 static bool
 parse_session(slice v, struct store_upload *u)
 {
-    if (v.len < 25 || v.ptr[0] != 1 || v.len - 25 >= sizeof u->repo)
+    size_t at = 25, ol = 0;
+    if (v.len < 25 || (v.ptr[0] != 1 && v.ptr[0] != 2))
+        return false;
+    if (v.ptr[0] == 2) {
+        if (v.len < 26 || (ol = (unsigned char)v.ptr[25]) >= sizeof u->owner || v.len < 26 + ol)
+            return false;
+        at = 26 + ol;
+    }
+    if (v.len - at >= sizeof u->repo)
         return false;
     u->offset = get_u64le(v.ptr + 1);
     u->created_s = get_u64le(v.ptr + 9);
     u->touched_s = get_u64le(v.ptr + 17);
-    memcpy(u->repo, v.ptr + 25, v.len - 25);
-    u->repo[v.len - 25] = '\0';
+    memcpy(u->owner, v.ptr + 26, ol);
+    u->owner[ol] = '\0';
+    memcpy(u->repo, v.ptr + at, v.len - at);
+    u->repo[v.len - at] = '\0';
     return true;
+}
+
+void
+uploads_count(store *s)
+{
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_UPLOADS]);
+    pthread_mutex_lock(&s->uploads_mu);
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t vl;
+        const char *v = rocksdb_iter_value(it, &vl);
+        struct store_upload tmp;
+        if (parse_session((slice){v, vl}, &tmp))
+            session_count_locked(s, tmp.owner);
+    }
+    pthread_mutex_unlock(&s->uploads_mu);
+    rocksdb_iter_destroy(it);
 }
 
 err
 store_upload_create(store *s, const char *repo, char id[STORE_UPLOAD_ID_LEN + 1])
+{
+    return store_upload_create_for(s, repo, NULL, id);
+}
+
+err
+store_upload_create_for(store *s, const char *repo, const char *owner,
+                        char id[STORE_UPLOAD_ID_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char rnd[STORE_UPLOAD_ID_LEN / 2];
     struct store_upload *u = NULL;
     char path[4300];
     err e = ERR_NOMEM;
+    bool counted = false;
     if (strlen(repo) >= sizeof u->repo)
         return ERR_NAME_INVALID;
     if (RAND_bytes(rnd, sizeof rnd) != 1)
@@ -231,6 +332,23 @@ store_upload_create(store *s, const char *repo, char id[STORE_UPLOAD_ID_LEN + 1]
     if (!u)
         goto out;
     u->fd = -1;
+    str_copy(u->owner, sizeof u->owner, owner ? owner : "");
+    /* the caps are checked and the session counted at once, so that concurrent
+     * creators cannot all slip under them */
+    pthread_mutex_lock(&s->uploads_mu);
+    if (owner) {
+        struct owner_count *o = u->owner[0] ? owner_locked(s, u->owner, false) : NULL;
+        if ((s->max_uploads && s->nsessions >= s->max_uploads) ||
+            (s->max_uploads_per_owner && o && o->n >= s->max_uploads_per_owner)) {
+            pthread_mutex_unlock(&s->uploads_mu);
+            log_debug("STORE-UPLOAD-CAP", "owner=%s sessions=%zu", u->owner, s->nsessions);
+            e = ERR_TOOMANYREQUESTS;
+            goto out;
+        }
+    }
+    session_count_locked(s, u->owner);
+    counted = true;
+    pthread_mutex_unlock(&s->uploads_mu);
     for (size_t i = 0; i < sizeof rnd; i++) {
         u->id[2 * i] = hex[rnd[i] >> 4];
         u->id[2 * i + 1] = hex[rnd[i] & 15];
@@ -240,12 +358,13 @@ store_upload_create(store *s, const char *repo, char id[STORE_UPLOAD_ID_LEN + 1]
     if (!(u->h = hasher_new(DIGEST_SHA256)))
         goto out;
     upload_path(s, u->id, path, sizeof path);
-    u->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (u->fd < 0) {
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
         log_error("STORE-UPLOAD-CREATE", "path=%s error=\"%s\"", path, strerror(errno));
         e = ERR_IO;
         goto out;
     }
+    close(fd); /* an idle session holds no descriptor */
     if ((e = put_session(s, u, false))) {
         unlink(path);
         goto out;
@@ -260,6 +379,11 @@ store_upload_create(store *s, const char *repo, char id[STORE_UPLOAD_ID_LEN + 1]
     u = NULL;
     e = ERR_OK;
 out:
+    if (u && counted) {
+        pthread_mutex_lock(&s->uploads_mu);
+        session_uncount_locked(s, u->owner);
+        pthread_mutex_unlock(&s->uploads_mu);
+    }
     upload_free(u);
     return e;
 }
@@ -384,6 +508,22 @@ store_upload_acquire(store *s, const char *repo, const char *id, store_upload **
         else
             u->busy = true;
         pthread_mutex_unlock(&s->uploads_mu);
+        if (!e && u->fd < 0) {
+            /* busy now: only this request touches fd until release */
+            char path[4300];
+            upload_path(s, u->id, path, sizeof path);
+            u->fd = open(path, O_RDWR | O_CLOEXEC);
+            if (u->fd < 0) {
+                int saved = errno;
+                log_error("STORE-UPLOAD-OPEN", "id=%s error=\"%s\"", u->id, strerror(saved));
+                e = saved == ENOENT ? ERR_BLOB_UPLOAD_UNKNOWN
+                    : saved == EMFILE || saved == ENFILE ? ERR_UNAVAILABLE
+                                                         : ERR_IO;
+                pthread_mutex_lock(&s->uploads_mu);
+                u->busy = false;
+                pthread_mutex_unlock(&s->uploads_mu);
+            }
+        }
         if (!e)
             *out = u;
         return e;
@@ -527,6 +667,10 @@ store_upload_release(store *s, store_upload *u)
     hashq_stop(u); /* the helper lives only while someone holds the upload */
     u->touched_s = now_s();
     put_session(s, u, false);
+    if (u->fd >= 0) {
+        close(u->fd); /* reopened by the next acquire */
+        u->fd = -1;
+    }
     pthread_mutex_lock(&s->uploads_mu);
     u->busy = false;
     pthread_mutex_unlock(&s->uploads_mu);
@@ -541,6 +685,7 @@ drop_upload(store *s, struct store_upload *u, bool remove_file)
     upload_path(s, u->id, path, sizeof path);
     pthread_mutex_lock(&s->uploads_mu);
     unlink_locked(s, u);
+    session_uncount_locked(s, u->owner);
     pthread_mutex_unlock(&s->uploads_mu);
     char *msg = NULL;
     rocksdb_delete_cf(s->db, s->wo_nosync, s->cf[CF_UPLOADS], u->id, STORE_UPLOAD_ID_LEN, &msg);
@@ -734,11 +879,29 @@ store_upload_purge(store *s, uint64_t max_age_s)
             continue;
         if (now - tmp.touched_s < max_age_s)
             continue;
-        char id[STORE_UPLOAD_ID_LEN + 1];
+        char id[STORE_UPLOAD_ID_LEN + 1], path[4300];
         memcpy(id, k, kl);
         id[kl] = '\0';
-        if (store_upload_cancel(s, tmp.repo, id) == ERR_OK)
-            log_info("STORE-UPLOAD-PURGED", "id=%s repo=%s", id, tmp.repo);
+        /* dropped without loading it (no re-hash of a file nobody will finish) */
+        pthread_mutex_lock(&s->uploads_mu);
+        struct store_upload *u = find_locked(s, id);
+        if (u && (u->busy || now - u->touched_s < max_age_s)) {
+            pthread_mutex_unlock(&s->uploads_mu);
+            continue;
+        }
+        if (u)
+            unlink_locked(s, u);
+        session_uncount_locked(s, tmp.owner);
+        char *msg = NULL;
+        rocksdb_delete_cf(s->db, s->wo_nosync, s->cf[CF_UPLOADS], id, STORE_UPLOAD_ID_LEN, &msg);
+        if (msg)
+            rocksdb_free(msg);
+        upload_path(s, id, path, sizeof path);
+        unlink(path);
+        pthread_mutex_unlock(&s->uploads_mu);
+        upload_free(u);
+        log_info("STORE-UPLOAD-PURGED", "id=%s repo=%s owner=%s idle_s=%llu", id, tmp.repo,
+                 tmp.owner, (unsigned long long)(now - tmp.touched_s));
     }
     rocksdb_iter_destroy(it);
 }

@@ -477,6 +477,8 @@ def georeg_env(extra=None):
     env = dict(os.environ)
     env.setdefault("GEOREG_NODE_LOG_LEVEL", "warn")
     env.setdefault("GEOREG_HTTP_MAX_CONNECTIONS", "4096")
+    # every load generator and the idle-connection figure come from 127.0.0.1
+    env.setdefault("GEOREG_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "0")
     env.update(extra or {})
     return env
 

@@ -38,7 +38,7 @@
 
 #define WATCHDOG_S 20        /* a whole test, including server start and stop */
 #define IO_TIMEOUT_MS 5000   /* any single wait for bytes from the server */
-#define MAX_CLIENTS 16
+#define MAX_CLIENTS 64
 #define BIG_RESP (4u << 20)  /* GET /big: a memory body far beyond one writev */
 #define MIB (1u << 20)
 
@@ -1308,9 +1308,16 @@ test_malformed(void **state)
         /* bad chunks, after the headers were accepted */
         "PUT /buffer HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
         "PUT /sink HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
+        "GET / HTTP/1.1\r\n\r\n",                        /* HTTP/1.1 without Host */
+        "GET / HTTP/1.1\r\nHost: t\r\nX-A : b\r\n\r\n",    /* space before the colon */
+        "GET /\r\n",                                      /* HTTP/0.9: at once */
+        "PUT /sink HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "ffffffffffffffffffffffff\r\n",                   /* chunk size overflow */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect_refused(f, bad[i], strlen(bad[i]), 400);
+    expect_refused(f, "GET / HTTP/2.0\r\nHost: t\r\n\r\n", 27, 505);
+    expect_refused(f, "GET / HTTP/3.0\r\nHost: t\r\n\r\n", 27, 505);
     /* a bad request pipelined behind a good one */
     struct resp rs;
     resp_init(&rs);

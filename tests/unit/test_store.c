@@ -1569,6 +1569,63 @@ test_upload_purge(void **state)
     assert_int_equal(uploads_on_disk(f), 0);
 }
 
+static int
+open_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* Idle sessions hold no descriptor; the caps count sessions per node and per owner,
+ * across a reopen; finishing, cancelling and purging give room back. */
+static void
+test_upload_caps_and_descriptors(void **state)
+{
+    struct fx *f = *state;
+    char id[STORE_UPLOAD_ID_LEN + 1], first[STORE_UPLOAD_ID_LEN + 1];
+    store_upload *u = NULL;
+    f->opt.max_uploads = 6;
+    f->opt.max_uploads_per_owner = 3;
+    fx_reopen(f);
+    int before = open_fds();
+    assert_int_equal(store_upload_create_for(f->s, "r", "alice", first), ERR_OK);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(store_upload_create_for(f->s, "r", "alice", id), ERR_OK);
+    assert_int_equal(store_upload_create_for(f->s, "r", "alice", id), ERR_TOOMANYREQUESTS);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(store_upload_create_for(f->s, "r", "bob", id), ERR_OK);
+    assert_int_equal(store_upload_create_for(f->s, "r", "carol", id), ERR_TOOMANYREQUESTS);
+    assert_int_equal(open_fds(), before); /* six idle sessions, no descriptor */
+    /* internal uploads (replication) are not refused */
+    assert_int_equal(store_upload_create(f->s, "r", id), ERR_OK);
+    assert_int_equal(store_upload_cancel(f->s, "r", id), ERR_OK);
+
+    /* acquire opens, release closes, and the bytes are still there */
+    assert_int_equal(store_upload_acquire(f->s, "r", first, &u), ERR_OK);
+    assert_int_equal(open_fds(), before + 1);
+    assert_int_equal(store_upload_write(u, "abc", 3), ERR_OK);
+    store_upload_release(f->s, u);
+    assert_int_equal(open_fds(), before);
+    assert_int_equal(store_upload_acquire(f->s, "r", first, &u), ERR_OK);
+    assert_int_equal(store_upload_write(u, "def", 3), ERR_OK);
+    char d[DIGEST_MAX];
+    digest_of(DIGEST_SHA256, "abcdef", 6, d);
+    assert_int_equal(store_upload_finish(f->s, u, d, NULL), ERR_OK);
+    assert_int_equal(store_upload_create_for(f->s, "r", "alice", id), ERR_OK);
+
+    /* counted again after a reopen, owner included */
+    fx_reopen(f);
+    assert_int_equal(store_upload_create_for(f->s, "r", "alice", id), ERR_TOOMANYREQUESTS);
+    store_upload_purge(f->s, 0);
+    assert_int_equal(store_upload_create_for(f->s, "r", "alice", id), ERR_OK);
+}
+
 /* ---- the replication log ---- */
 
 static void
@@ -1915,6 +1972,7 @@ main(void)
         T(test_upload_resume_drops_unacknowledged),
         T(test_upload_sha512),
         T(test_upload_purge),
+        T(test_upload_caps_and_descriptors),
         T(test_log_events),
         T(test_log_trim_and_reopen),
         T_NOSYNC(test_concurrent_writers),
