@@ -559,6 +559,35 @@ handle(struct recv *rc, envelope *env)
     reply(rc, &ack, env->msg_id);
 }
 
+/* poll_tls_refusals: connections nng refused before we saw them (a TLS handshake
+ * that failed: a foreign CA, plain tcp on a TLS port) show only in the listener's
+ * statistics; each new one is counted and audited as a refusal. */
+static void
+poll_tls_refusals(repl *r)
+{
+    nng_stat *all = NULL;
+    if (strncmp(r->listen, "tls+tcp://", 10) != 0 || nng_stats_get(&all) != 0)
+        return;
+    nng_stat *l = nng_stat_find_listener(all, r->listener);
+    uint64_t v = 0;
+    const char *names[] = {"auth", "proto", "other"};
+    for (size_t i = 0; l && i < sizeof names / sizeof names[0]; i++) {
+        nng_stat *st = nng_stat_find(l, names[i]);
+        if (st)
+            v += nng_stat_value(st);
+    }
+    nng_stats_free(all);
+    if (v > r->tls_auth_seen) {
+        uint64_t n = v - r->tls_auth_seen;
+        r->tls_auth_seen = v;
+        char d[96];
+        snprintf(d, sizeof d, "%llu TLS handshake(s) failed on the replication listener",
+                 (unsigned long long)n);
+        atomic_fetch_add(&r->refused[REFUSE_TLS], n - 1); /* repl_refuse adds the last */
+        repl_refuse(r, REFUSE_TLS, "", d);
+    }
+}
+
 void *
 receiver_main(void *arg)
 {
@@ -572,6 +601,7 @@ receiver_main(void *arg)
         nng_msg *msg = NULL;
         err e = wire_recv(r, r->rsock, 200, &env, &pipe, &rc.payload, &msg);
         if (e == ERR_TIMEOUT) {
+            poll_tls_refusals(r);
             uint64_t applied = store_applied_seq(r->store);
             uint64_t now = repl_now_ms();
             uint64_t silent_limit = r->heartbeat_ms * 4 < 4000 ? 4000 : r->heartbeat_ms * 4;
