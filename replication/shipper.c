@@ -639,6 +639,8 @@ handshake(struct ship *sh, uint64_t *applied)
     pthread_mutex_unlock(&rp->mu);
     if (refused_stale)
         return ERR_EPOCH_STALE;
+    if (sh->go_back) /* the replica refused the proof (its ack says why: last_error) */
+        return ERR_UNAVAILABLE;
     if (send_heartbeat(sh))
         return ERR_UNAVAILABLE;
     uint64_t want = rp->next_msg_id;
