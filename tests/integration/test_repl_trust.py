@@ -441,3 +441,44 @@ def test_resync_drops_identities_deleted_on_the_primary(nodes):
     assert "bob" not in users(sec) and "carol" in users(sec)
     assert login(sec, ("bob", "bob-pw-1234567")) == 401
     assert login(sec, ("carol", "carol-pw-1234567")) == 200
+
+
+def test_after_the_hello_sender_epoch_and_metadata_are_checked(nodes):
+    """On a development listener without keys (loopback, insecure), a peer
+    that passed the hello as eu is still held to it: a message from another
+    sender, an epoch other than the one it said hello with (1000000), a
+    metadata key outside id/ and an identity record the admin API would not
+    write are each refused and counted; nothing changes."""
+    port = itlib.free_port()
+    sec = nodes("us-east", {"role": "secondary", "listen": "tcp://127.0.0.1:%d" % port,
+                            "insecure": True, "primaries": ["eu"]})
+    users0 = users(sec)
+    before = refused(sec)
+    bad_id = json.dumps({"name": "mallory", "kind": "user", "secret": "plaintext",
+                         "grants": [{"repo": "**", "bits": 63}]}).encode()
+    msgs = [
+        C.pb_envelope(C.ENV_PEER_HELLO, b"", msg_id=1, sender="eu"),
+        C.pb_envelope(C.ENV_HEARTBEAT, C.pb_int(1, 5), msg_id=2, sender="mallory"),
+        C.pb_envelope(C.ENV_HEARTBEAT, C.pb_int(1, 5), msg_id=3, sender="eu", epoch=1000000),
+        C.pb_envelope(C.ENV_BATCH, C.pb_bytes(1, C.pb_event(1, C.EV_META_PUT, tag="x/evil",
+                                                             body=b"{}")), msg_id=4, sender="eu"),
+        C.pb_envelope(C.ENV_BATCH, C.pb_bytes(1, C.pb_event(1, C.EV_META_PUT, tag="id/mallory",
+                                                             body=bad_id)), msg_id=5, sender="eu"),
+    ]
+    c = C.SPClient(port)
+    for m in msgs:
+        c.send(C.sp_frame(C.message(m)))
+    fr = c.wait_frames(len(msgs))
+    c.close()
+    assert len(fr) >= len(msgs), fr
+    errs = [ack_error(f) for f in fr[:len(msgs)]]
+    assert errs[0] == b"", errs
+    assert b"sender" in errs[1] and b"epoch 1000000" in errs[2], errs
+    assert b"unknown metadata key" in errs[3] and b"refused" in errs[4], errs
+    after = refused(sec)
+    assert after["sender"] == before["sender"] + 1, after
+    assert after["epoch"] == before["epoch"] + 1, after
+    assert after["meta"] == before["meta"] + 2, after
+    assert users(sec) == users0 and login(sec, ("mallory", "plaintext")) == 401
+    st = repl_status(sec)
+    assert st["epoch"] == 1 and st["applied_seq"] == 0, st
