@@ -120,6 +120,32 @@ h_replication(struct http_req *r, bool nowait)
     return ERR_OK;
 }
 
+/* h_fence: GET shows whether this primary is fenced; POST fences it, DELETE clears
+ * the fence (an operator's decision, persisted, audited). */
+static err
+h_fence(struct http_req *r, bool nowait)
+{
+    struct node *n = r->app;
+    (void)nowait;
+    if (r->method != M_GET) {
+        bool fence = r->method == M_POST;
+        err e = repl_fence(n->repl, fence);
+        audit_log(n, r, fence ? "replication.fence" : "replication.unfence", NULL, NULL, NULL,
+                  e ? 400 : 200, e ? "not a primary" : NULL);
+        if (e) {
+            http_resp_error(r, ERR_INVALID, "only a primary can be fenced", NULL);
+            return ERR_OK;
+        }
+    }
+    buf b = BUF_INIT;
+    repl_fence_json(n->repl, &b);
+    r->resp.status = 200;
+    buf_release(&r->resp.body);
+    r->resp.body = b;
+    http_resp_header(r, "Content-Type", "application/json");
+    return ERR_OK;
+}
+
 /* Locate scratch: what the router validated, and the wait in progress. */
 struct locate_req {
     char name[REF_NAME_MAX + 1];
@@ -265,6 +291,12 @@ route_locate(struct http_req *r, slice rest)
     r->handler_on_pool = true;
 }
 
+static bool
+n_has_repl(struct http_req *r)
+{
+    return ((struct node *)r->app)->repl != NULL;
+}
+
 bool
 admin_route(struct http_req *r)
 {
@@ -279,6 +311,22 @@ admin_route(struct http_req *r)
     if (slice_starts_with(p, "/_georeg/v1/") &&
         access_route(r, (slice){p.ptr + 12, p.len - 12}))
         return true;
+    if (slice_eq_cstr(p, "/_georeg/v1/replication/fence")) {
+        bool write = r->method == M_POST || r->method == M_DELETE;
+        if (r->method != M_GET && !write) {
+            http_resp_error(r, ERR_METHOD, NULL, NULL);
+            return true;
+        }
+        if (!n_has_repl(r)) {
+            http_resp_error(r, ERR_UNSUPPORTED, "replication is not configured", NULL);
+            return true;
+        }
+        if (!access_require(r, NULL, write ? ACT_ADMIN : ACT_METADATA, NULL, 0, true))
+            return true;
+        r->handler = h_fence;
+        r->handler_on_pool = true;
+        return true;
+    }
     if (slice_eq_cstr(p, "/_georeg/v1/replication")) {
         if (r->method != M_GET) {
             http_resp_error(r, ERR_METHOD, NULL, NULL);

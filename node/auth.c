@@ -1173,3 +1173,25 @@ auth_list_identities(auth *a, const char *kind, buf *out)
     buf_adds(out, "]");
     return ERR_OK;
 }
+
+bool
+auth_record_valid(const char *name, slice v, const char **why)
+{
+    struct identity id;
+    unsigned kinds = 0;
+    *why = "identity name invalid or reserved";
+    if (!auth_name_valid(name) || strcmp(name, "admin") == 0 || strcmp(name, "anonymous") == 0)
+        return false;
+    *why = "identity record is not what the admin API writes";
+    if (v.len > 64 * 1024 || !identity_parse(v, &id) || strcmp(id.name, name) != 0)
+        return false;
+    kinds = !strcmp(id.kind, "user") || !strcmp(id.kind, "sp") || !strcmp(id.kind, "token");
+    if (!kinds || strncmp(id.secret, "pbkdf2", 6) != 0)
+        return false;
+    for (size_t i = 0; i < id.ngrants; i++) {
+        *why = "identity grant invalid";
+        if (!id.grants[i].glob[0] || (id.grants[i].actions & ~ACT_ALL) || !id.grants[i].actions)
+            return false;
+    }
+    return true;
+}

@@ -122,5 +122,8 @@ err auth_delete_identity(auth *a, const char *name);
 err auth_list_identities(auth *a, const char *kind, buf *out);
 /* auth_name_valid: names of identities: [A-Za-z0-9._@-]{1,63}. */
 bool auth_name_valid(const char *name);
+/* auth_record_valid: v is an identity record for name as auth_put_identity writes it
+ * (a kind, a hashed secret, grants with known actions); false with *why (static). */
+bool auth_record_valid(const char *name, slice v, const char **why);
 
 #endif

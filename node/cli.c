@@ -490,13 +490,36 @@ cmd_audit(const struct cli_opts *o)
     return rc;
 }
 
+/* cmd_fence: `georeg fence [--clear|--set]` shows, clears or sets the primary's fence. */
+static int
+cmd_fence(const struct cli_opts *o)
+{
+    buf url = BUF_INIT, body = BUF_INIT;
+    buf_addf(&url, "%s/_georeg/v1/replication/fence", o->url);
+    const char *t = o->target ? o->target : "";
+    long st = !strcmp(t, "clear") ? http_call("DELETE", url.ptr, NULL, &body, 30)
+              : !strcmp(t, "set") ? http_call("POST", url.ptr, NULL, &body, 30)
+                                  : http_get(url.ptr, &body, 30);
+    int rc = 0;
+    if (st == 200) {
+        fwrite(body.ptr, 1, body.len, stdout);
+        fputc('\n', stdout);
+    } else {
+        rc = api_error("fence", st, &body);
+    }
+    buf_release(&url);
+    buf_release(&body);
+    return rc;
+}
+
 int
 cli_main(const char *cmd, int argc, char **argv)
 {
     bool is_status = !strcmp(cmd, "status"), is_lag = !strcmp(cmd, "lag"),
          is_wait = !strcmp(cmd, "wait"), is_audit = !strcmp(cmd, "audit");
     bool is_ident = !strcmp(cmd, "user") || !strcmp(cmd, "token") || !strcmp(cmd, "sp");
-    if (!is_status && !is_lag && !is_wait && !is_ident && !is_audit)
+    bool is_fence = !strcmp(cmd, "fence");
+    if (!is_status && !is_lag && !is_wait && !is_ident && !is_audit && !is_fence)
         return -1;
     static struct cli_opts o;
     memset(&o, 0, sizeof o);
@@ -568,7 +591,9 @@ cli_main(const char *cmd, int argc, char **argv)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc;
-    if (is_ident) {
+    if (is_fence) {
+        rc = cmd_fence(&o);
+    } else if (is_ident) {
         rc = cmd_identity(cmd, &o);
     } else if (is_audit) {
         rc = cmd_audit(&o);

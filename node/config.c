@@ -229,6 +229,8 @@ static const struct key keys[] = {
     {"replication.tls.cert", K_STR, F(repl_tls.cert)},
     {"replication.tls.key", K_STR, F(repl_tls.key)},
     {"replication.tls.ca", K_STR, F(repl_tls.ca)},
+    {"replication.tls.client_cert", K_STR, F(repl_tls.client_cert)},
+    {"replication.primaries", K_LIST, F(repl_primaries)},
     {"replication.insecure", K_BOOL, F(repl_insecure)},
     {"replication.window", K_INT, F(repl_window)},
     {"replication.chunk_size", K_SIZE, F(repl_chunk_bytes)},
@@ -530,6 +532,7 @@ cfg_release(struct cfg *c)
         list_clear(&c->replicas[i].exclude_tags);
     }
     list_clear(&c->anonymous_pull);
+    list_clear(&c->repl_primaries);
     list_clear(&c->http_allow);
     list_clear(&c->private_allow);
 }

@@ -33,6 +33,7 @@ struct cfg_tls {
     char cert[1024];
     char key[1024];
     char ca[1024];
+    char client_cert[1024]; /* replication: the clientAuth certificate (else cert) */
 };
 
 struct cfg {
@@ -77,6 +78,7 @@ struct cfg {
     uint64_t repl_log_retention; /* events kept beyond the slowest replica, at most */
     uint64_t repl_heartbeat_ms;
     uint64_t repl_min_epoch;
+    struct cfg_globs repl_primaries; /* secondaries: names allowed to command it */
     struct cfg_replica replicas[CFG_MAX_REPLICAS];
     size_t nreplicas;
 

@@ -36,6 +36,7 @@ usage(FILE *f)
             "  token  create NAME --scope 'prod/**:pull,push' [--expires 30d] | list | revoke NAME\n"
             "  sp     create NAME [--role R] [--scope S] | list | delete NAME\n"
             "  audit  [--since T] [--until T] [--repo R] [--actor A] [--action X] [--limit N]\n"
+            "  fence  [set|clear] [--url URL]           show, set or clear a primary's fence\n"
             "         admin commands take --url, --user, --password-file, --ca\n"
             "         (or GEOREG_URL, GEOREG_USER, GEOREG_PASSWORD, GEOREG_CA)\n"
             "  version\n");

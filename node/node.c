@@ -27,6 +27,20 @@ globs_of(const struct cfg_globs *g, const char **out, size_t *n)
         out[i] = g->items[i];
 }
 
+/* on_repl_refused: replication refused something from a peer; it goes to the audit
+ * log under the peer's claimed name. */
+static void
+on_repl_refused(void *arg, const char *peer, const char *reason, const char *detail)
+{
+    struct node *n = arg;
+    struct http_req fake;
+    memset(&fake, 0, sizeof fake);
+    str_copy(fake.peer, sizeof fake.peer, peer);
+    char d[400];
+    snprintf(d, sizeof d, "%s: %s", reason, detail);
+    audit_log(n, &fake, "replication.refused", NULL, NULL, NULL, 403, d);
+}
+
 /* open_repl builds the replication options from the frozen config. */
 static err
 open_repl(struct node *n)
@@ -68,6 +82,12 @@ open_repl(struct node *n)
         .heartbeat_ms = c->repl_heartbeat_ms,
         .replicas = ro,
         .nreplicas = c->nreplicas,
+        .tls_client_cert = c->repl_tls.client_cert,
+        .primaries = (const char *const *)c->repl_primaries.items,
+        .nprimaries = c->repl_primaries.n,
+        .meta_validate = meta_validate,
+        .on_refused = on_repl_refused,
+        .cb_arg = n,
     };
     return repl_new(n->store, &o, &n->repl);
 }

@@ -67,6 +67,12 @@ void audit_log(struct node *n, struct http_req *r, const char *action, const cha
 /* audit_flush writes queued entries to the store (blocking: call on the pool). */
 void audit_flush(struct node *n);
 
+/* meta_validate (meta_validate.c) is replication's repl_meta_validate_cb: a
+ * replicated metadata event is applied only under a known key prefix ("id/") and
+ * with a body the admin API would write. arg is unused. */
+bool meta_validate(void *arg, const char *key, const void *val, size_t len, bool del,
+                   const char **why);
+
 /* oci_on_headers routes a request (the HTTP server's on_headers). */
 void oci_on_headers(struct http_req *r);
 /* admin_route handles /healthz, /readyz, /metrics and /_georeg/v1/...; false when

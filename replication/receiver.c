@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/rand.h>
+
 #include "repl_int.h"
 #include "../common/digest.h"
 #include "../common/log.h"
@@ -31,6 +33,13 @@ struct recv {
     char failed[DIGEST_MAX]; /* blob the primary must resend */
     char done[DIGEST_MAX];
     char error[256];
+    uint32_t pipe;          /* the pipe of the message being handled */
+    /* peer authentication: the pipe whose primary is proven, its name and epoch */
+    uint32_t auth_pipe;
+    char auth_name[64];
+    uint64_t auth_epoch;
+    uint32_t nonce_pipe;    /* the pipe the nonce was sent to (0: none pending) */
+    unsigned char nonce[32];
 };
 
 static void
@@ -194,6 +203,21 @@ apply_one(struct recv *rc, const Georeg__Repl__Event *pe, bool resyncing)
             return false;
         }
     }
+    if (ev.type == EV_META_PUT || ev.type == EV_META_DELETE) {
+        /* identities and grants: only under keys the node knows, with bodies it
+         * would have accepted from its own admin API */
+        const char *why = "no metadata validator";
+        if (!rc->r->meta_validate ||
+            !rc->r->meta_validate(rc->r->cb_arg, pe->tag, ev.body.ptr, ev.body.len,
+                                  ev.type == EV_META_DELETE, &why)) {
+            char d[300];
+            snprintf(d, sizeof d, "key=%.200s: %s", pe->tag, why);
+            repl_refuse(rc->r, REFUSE_META, rc->auth_name, d);
+            snprintf(rc->error, sizeof rc->error, "metadata event %llu refused: %s",
+                     (unsigned long long)ev.seq, why);
+            return false;
+        }
+    }
     if (ev.type == EV_MANIFEST_PUT) {
         char got[DIGEST_MAX];
         digest_of(digest_alg_of(pe->digest), ev.body.ptr, ev.body.len, got);
@@ -282,6 +306,109 @@ reply(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
     wire_send(r, r->rsock, &env, 0);
 }
 
+static bool
+allowed_primary(repl *r, const char *name)
+{
+    for (size_t i = 0; i < r->nprimaries; i++)
+        if (strcmp(r->primaries[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* proof_required: with a node key and cluster CA configured, a primary proves its
+ * name; without them (replication.insecure on loopback, development) the claimed
+ * name and the allow list are all there is. */
+static bool
+proof_required(repl *r)
+{
+    return r->tls_key[0] && r->tls_ca[0];
+}
+
+/* accept_peer makes pipe the proven primary's at epoch, after the epoch rules. */
+static void
+accept_peer(struct recv *rc, const envelope *env, uint64_t epoch, Georeg__Repl__Ack *ack)
+{
+    repl *r = rc->r;
+    uint64_t mine = atomic_load(&r->epoch);
+    if (epoch < mine) {
+        atomic_fetch_add(&r->stale_epoch_rejects, 1);
+        log_warn("REPL-STALE-EPOCH", "sender=%s their_epoch=%llu our_epoch=%llu", env->sender,
+                 (unsigned long long)epoch, (unsigned long long)mine);
+        snprintf(rc->error, sizeof rc->error, "stale epoch %llu: this node is at epoch %llu",
+                 (unsigned long long)epoch, (unsigned long long)mine);
+        (void)ack;
+        return;
+    }
+    if (epoch > mine + REPL_MAX_EPOCH_JUMP) {
+        char d[120];
+        snprintf(d, sizeof d, "epoch %llu jumps more than %d above %llu",
+                 (unsigned long long)epoch, REPL_MAX_EPOCH_JUMP, (unsigned long long)mine);
+        repl_refuse(r, REFUSE_EPOCH, env->sender, d);
+        snprintf(rc->error, sizeof rc->error, "refused: %s", d);
+        return;
+    }
+    wire_epoch_adopt(r, epoch, env->sender);
+    rc->auth_pipe = rc->pipe;
+    rc->auth_epoch = epoch;
+    str_copy(rc->auth_name, sizeof rc->auth_name, env->sender);
+    log_info("REPL-PEER-AUTHENTICATED", "sender=%s epoch=%llu proof=%s", env->sender,
+             (unsigned long long)epoch, proof_required(r) ? "signed" : "none");
+}
+
+/* authenticate handles PeerHello (answered with a nonce, or accepted as is without
+ * keys) and PeerProof (verified against the cluster CA and the allow list). */
+static void
+authenticate(struct recv *rc, const envelope *env)
+{
+    repl *r = rc->r;
+    Georeg__Repl__Ack ack = GEOREG__REPL__ACK__INIT;
+    rc->auth_pipe = 0; /* a new hello or proof starts over */
+    if (!allowed_primary(r, env->sender) && (proof_required(r) || r->nprimaries)) {
+        repl_refuse(r, REFUSE_NOT_PRIMARY, env->sender, "not in replication.primaries");
+        snprintf(rc->error, sizeof rc->error, "refused: %s may not command this node",
+                 env->sender);
+        reply(rc, &ack, env->msg_id);
+        return;
+    }
+    if (env->body_case == GEOREG__REPL__ENVELOPE__BODY_PEER_HELLO) {
+        if (!proof_required(r)) {
+            accept_peer(rc, env, env->epoch, &ack);
+            reply(rc, &ack, env->msg_id);
+            return;
+        }
+        if (RAND_bytes(rc->nonce, sizeof rc->nonce) != 1) {
+            snprintf(rc->error, sizeof rc->error, "cannot make a nonce");
+            reply(rc, &ack, env->msg_id);
+            return;
+        }
+        rc->nonce_pipe = rc->pipe;
+        Georeg__Repl__PeerChallenge ch = GEOREG__REPL__PEER_CHALLENGE__INIT;
+        ch.nonce.data = rc->nonce;
+        ch.nonce.len = sizeof rc->nonce;
+        envelope out = GEOREG__REPL__ENVELOPE__INIT;
+        out.body_case = GEOREG__REPL__ENVELOPE__BODY_PEER_CHALLENGE;
+        out.peer_challenge = &ch;
+        wire_send(r, r->rsock, &out, 0);
+        return;
+    }
+    const Georeg__Repl__PeerProof *pp = env->peer_proof;
+    const char *why = "no challenge on this connection";
+    enum repl_refusal res = REFUSE_BAD_PROOF;
+    if (proof_required(r) && rc->nonce_pipe == rc->pipe && rc->pipe)
+        res = wire_proof_verify(r, (slice){(const char *)pp->cert.data, pp->cert.len},
+                                (slice){(const char *)pp->signature.data, pp->signature.len},
+                                (slice){(const char *)rc->nonce, sizeof rc->nonce}, env->sender,
+                                pp->receiver ? pp->receiver : "", env->epoch, &why);
+    rc->nonce_pipe = 0; /* a nonce answers one proof */
+    if (res != REFUSE_COUNT) {
+        repl_refuse(r, res, env->sender, why);
+        snprintf(rc->error, sizeof rc->error, "refused: peer proof: %s", why);
+    } else {
+        accept_peer(rc, env, env->epoch, &ack);
+    }
+    reply(rc, &ack, env->msg_id);
+}
+
 static void
 handle(struct recv *rc, envelope *env)
 {
@@ -289,7 +416,37 @@ handle(struct recv *rc, envelope *env)
     Georeg__Repl__Ack ack = GEOREG__REPL__ACK__INIT;
     rc->error[0] = rc->failed[0] = rc->done[0] = '\0';
 
-    if (wire_epoch_check(r, env) == ERR_EPOCH_STALE) {
+    if (env->body_case == GEOREG__REPL__ENVELOPE__BODY_PEER_HELLO ||
+        env->body_case == GEOREG__REPL__ENVELOPE__BODY_PEER_PROOF) {
+        authenticate(rc, env);
+        return;
+    }
+    if (rc->auth_pipe != rc->pipe || !rc->pipe) {
+        repl_refuse(r, REFUSE_UNAUTHENTICATED, env->sender, "message before a peer proof");
+        snprintf(rc->error, sizeof rc->error, "refused: connection not authenticated");
+        reply(rc, &ack, env->msg_id);
+        return;
+    }
+    if (strcmp(env->sender, rc->auth_name) != 0) {
+        char d[160];
+        snprintf(d, sizeof d, "sender %.60s on the connection of %.60s", env->sender,
+                 rc->auth_name);
+        repl_refuse(r, REFUSE_SENDER, env->sender, d);
+        snprintf(rc->error, sizeof rc->error, "refused: sender is not the authenticated peer");
+        reply(rc, &ack, env->msg_id);
+        return;
+    }
+    if (env->epoch != rc->auth_epoch) {
+        /* an epoch rises only through a proof (a new connection), never a heartbeat */
+        char d[120];
+        snprintf(d, sizeof d, "epoch %llu on a connection proven at epoch %llu",
+                 (unsigned long long)env->epoch, (unsigned long long)rc->auth_epoch);
+        repl_refuse(r, REFUSE_EPOCH, env->sender, d);
+        snprintf(rc->error, sizeof rc->error, "refused: %s", d);
+        reply(rc, &ack, env->msg_id);
+        return;
+    }
+    if (wire_epoch_stale(r, env) == ERR_EPOCH_STALE) {
         snprintf(rc->error, sizeof rc->error, "stale epoch %llu: this node is at epoch %llu",
                  (unsigned long long)env->epoch, (unsigned long long)atomic_load(&r->epoch));
         reply(rc, &ack, env->msg_id);
@@ -402,6 +559,35 @@ handle(struct recv *rc, envelope *env)
     reply(rc, &ack, env->msg_id);
 }
 
+/* poll_tls_refusals: connections nng refused before we saw them (a TLS handshake
+ * that failed: a foreign CA, plain tcp on a TLS port) show only in the listener's
+ * statistics; each new one is counted and audited as a refusal. */
+static void
+poll_tls_refusals(repl *r)
+{
+    nng_stat *all = NULL;
+    if (strncmp(r->listen, "tls+tcp://", 10) != 0 || nng_stats_get(&all) != 0)
+        return;
+    nng_stat *l = nng_stat_find_listener(all, r->listener);
+    uint64_t v = 0;
+    const char *names[] = {"auth", "proto", "other"};
+    for (size_t i = 0; l && i < sizeof names / sizeof names[0]; i++) {
+        nng_stat *st = nng_stat_find(l, names[i]);
+        if (st)
+            v += nng_stat_value(st);
+    }
+    nng_stats_free(all);
+    if (v > r->tls_auth_seen) {
+        uint64_t n = v - r->tls_auth_seen;
+        r->tls_auth_seen = v;
+        char d[96];
+        snprintf(d, sizeof d, "%llu TLS handshake(s) failed on the replication listener",
+                 (unsigned long long)n);
+        atomic_fetch_add(&r->refused[REFUSE_TLS], n - 1); /* repl_refuse adds the last */
+        repl_refuse(r, REFUSE_TLS, "", d);
+    }
+}
+
 void *
 receiver_main(void *arg)
 {
@@ -415,6 +601,7 @@ receiver_main(void *arg)
         nng_msg *msg = NULL;
         err e = wire_recv(r, r->rsock, 200, &env, &pipe, &rc.payload, &msg);
         if (e == ERR_TIMEOUT) {
+            poll_tls_refusals(r);
             uint64_t applied = store_applied_seq(r->store);
             uint64_t now = repl_now_ms();
             uint64_t silent_limit = r->heartbeat_ms * 4 < 4000 ? 4000 : r->heartbeat_ms * 4;
@@ -441,9 +628,12 @@ receiver_main(void *arg)
         }
         if (e)
             continue;
+        rc.pipe = pipe;
         if (pipe != last_pipe) {
-            /* a new connection: a blob half-received on the old one restarts */
+            /* a new connection: a blob half-received on the old one restarts, and
+             * the peer proves itself again */
             ingest_drop(&rc);
+            rc.auth_pipe = 0;
             last_pipe = pipe;
             log_info("REPL-PRIMARY-CONNECTED", "sender=%s epoch=%llu", env->sender,
                      (unsigned long long)env->epoch);

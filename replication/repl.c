@@ -116,6 +116,15 @@ on_commit(void *arg, uint64_t seq)
     pthread_mutex_unlock(&r->wake_mu);
 }
 
+/* loopback_address: tcp://127.x.y.z:port, tcp://localhost:port or tcp://[::1]:port. */
+static bool
+loopback_address(const char *a)
+{
+    const char *h = a + 6;
+    return strncmp(h, "127.", 4) == 0 || strncmp(h, "localhost:", 10) == 0 ||
+           strncmp(h, "[::1]:", 6) == 0;
+}
+
 static bool
 address_ok(repl *r, const char *a, const char *what)
 {
@@ -125,6 +134,15 @@ address_ok(repl *r, const char *a, const char *what)
         if (!r->insecure) {
             log_error("REPL-CONFIG",
                       "%s=%s error=\"plain tcp:// needs replication.insecure: true\"", what, a);
+            return false;
+        }
+        /* plain replication carries identities and commands: like plain HTTP, only on
+         * loopback (a development cluster on one machine) */
+        if (!loopback_address(a)) {
+            log_error("REPL-CONFIG",
+                      "%s=%s error=\"replication.insecure allows plain tcp:// only on loopback "
+                      "addresses\"",
+                      what, a);
             return false;
         }
         return true;
@@ -150,7 +168,22 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     str_copy(r->tls_cert, sizeof r->tls_cert, o->tls_cert ? o->tls_cert : "");
     str_copy(r->tls_key, sizeof r->tls_key, o->tls_key ? o->tls_key : "");
     str_copy(r->tls_ca, sizeof r->tls_ca, o->tls_ca ? o->tls_ca : "");
+    str_copy(r->tls_client_cert, sizeof r->tls_client_cert,
+             o->tls_client_cert ? o->tls_client_cert : "");
     r->insecure = o->insecure;
+    r->meta_validate = o->meta_validate;
+    r->on_refused = o->on_refused;
+    r->cb_arg = o->cb_arg;
+    if (o->nprimaries) {
+        r->primaries = calloc(o->nprimaries, sizeof *r->primaries);
+        if (!r->primaries) {
+            free(r);
+            return ERR_NOMEM;
+        }
+        for (size_t i = 0; i < o->nprimaries; i++)
+            str_copy(r->primaries[i], sizeof r->primaries[i], o->primaries[i]);
+        r->nprimaries = o->nprimaries;
+    }
     r->window = o->window ? o->window : 64;
     r->chunk_bytes = o->chunk_bytes ? o->chunk_bytes : (1u << 20);
     if (r->chunk_bytes > REPL_MAX_MSG / 2)
@@ -172,15 +205,16 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     if (o->min_epoch > epoch)
         epoch = o->min_epoch;
     atomic_store(&r->epoch, epoch);
-    /* A primary fenced by a higher epoch (wire_epoch_check) stays fenced across
-     * restarts, until it is promoted again with replication.epoch above that epoch. */
+    /* A fenced primary (repl_fence: an operator's decision) stays fenced across
+     * restarts, until it is unfenced or promoted with replication.epoch above the
+     * epoch it was fenced at. */
     if (r->primary && fenced) {
         if (o->min_epoch > fenced) {
             store_meta_put(s, "repl/fenced", "0", 1);
         } else {
             atomic_store(&r->demoted, true);
-            log_warn("REPL-FENCED", "epoch=%llu msg=\"a node with a higher epoch is primary; "
-                     "not accepting writes (set replication.epoch above %llu to promote)\"",
+            log_warn("REPL-FENCED", "epoch=%llu msg=\"fenced: not accepting writes (clear with "
+                     "georeg fence --clear, or set replication.epoch above %llu)\"",
                      (unsigned long long)fenced, (unsigned long long)fenced);
         }
     }
@@ -236,6 +270,11 @@ repl_new(store *s, const struct repl_options *o, repl **out)
         }
         if (!address_ok(r, r->listen, "replication.listen"))
             goto fail;
+        if (r->tls_key[0] && r->tls_ca[0] && !r->nprimaries) {
+            log_error("REPL-CONFIG", "error=\"a secondary needs replication.primaries: the node "
+                                     "names allowed to command it\"");
+            goto fail;
+        }
         if (strncmp(r->listen, "tcp://", 6) == 0)
             log_warn("REPL-INSECURE", "listen=%s msg=\"replication accepted over plain tcp\"",
                      r->listen);
@@ -316,7 +355,7 @@ repl_start_dialer(repl *r, struct replica *rp)
     nng_dialer_set_ms(rp->dialer, NNG_OPT_RECONNMINT, 100);
     nng_dialer_set_ms(rp->dialer, NNG_OPT_RECONNMAXT, 2000);
     if (strncmp(rp->address, "tls+tcp://", 10) == 0) {
-        err e = wire_tls_config(r, false, &tls);
+        err e = wire_tls_config(r, false, rp->name, &tls); /* its certificate must name it */
         if (e)
             return e;
         rv = nng_dialer_set_ptr(rp->dialer, NNG_OPT_TLS_CONFIG, tls);
@@ -369,7 +408,7 @@ open_receiver_socket(repl *r)
     if ((rv = nng_listener_create(&r->listener, r->rsock, r->listen)))
         goto nngfail;
     if (strncmp(r->listen, "tls+tcp://", 10) == 0) {
-        err e = wire_tls_config(r, true, &tls);
+        err e = wire_tls_config(r, true, NULL, &tls);
         if (e)
             return e;
         rv = nng_listener_set_ptr(r->listener, NNG_OPT_TLS_CONFIG, tls);
@@ -461,6 +500,7 @@ repl_free(repl *r)
         pthread_mutex_destroy(&rp->mu);
     }
     free(r->replicas);
+    free(r->primaries);
     pthread_mutex_destroy(&r->wake_mu);
     pthread_cond_destroy(&r->wake_cv);
     pthread_mutex_destroy(&r->smu);
@@ -481,7 +521,7 @@ repl_writable(repl *r, char *url, size_t n)
     if (url) {
         pthread_mutex_lock(&r->smu);
         if (r->primary)
-            snprintf(url, n, "(fenced: a node with epoch %llu is primary)",
+            snprintf(url, n, "(fenced at epoch %llu: this primary does not take writes)",
                      (unsigned long long)atomic_load(&r->epoch));
         else
             str_copy(url, n, r->learned_primary_url);
@@ -497,6 +537,52 @@ repl_ready(repl *r)
     bool ok = !r->resyncing;
     pthread_mutex_unlock(&r->smu);
     return ok;
+}
+
+/* ---- refusals and fences ---- */
+
+static const char *const refusal_names[REFUSE_COUNT] = {
+    [REFUSE_UNAUTHENTICATED] = "unauthenticated", [REFUSE_NOT_PRIMARY] = "not_primary",
+    [REFUSE_BAD_PROOF] = "bad_proof",             [REFUSE_SENDER] = "sender",
+    [REFUSE_EPOCH] = "epoch",                     [REFUSE_META] = "meta",
+    [REFUSE_TLS] = "tls",
+};
+
+void
+repl_refuse(repl *r, enum repl_refusal why, const char *peer, const char *detail)
+{
+    atomic_fetch_add(&r->refused[why], 1);
+    log_warn("REPL-REFUSED", "reason=%s peer=%s detail=\"%s\"", refusal_names[why],
+             peer ? peer : "", detail ? detail : "");
+    if (r->on_refused)
+        r->on_refused(r->cb_arg, peer ? peer : "", refusal_names[why], detail ? detail : "");
+}
+
+err
+repl_fence(repl *r, bool fenced)
+{
+    if (!r->primary)
+        return ERR_INVALID;
+    char v[24];
+    int n = snprintf(v, sizeof v, "%llu", fenced ? (unsigned long long)atomic_load(&r->epoch) : 0ull);
+    err e = store_meta_put(r->store, "repl/fenced", v, (size_t)n);
+    if (e)
+        return e;
+    atomic_store(&r->demoted, fenced);
+    log_warn(fenced ? "REPL-FENCED" : "REPL-UNFENCED", "epoch=%llu by=operator",
+             (unsigned long long)atomic_load(&r->epoch));
+    pthread_mutex_lock(&r->wake_mu);
+    pthread_cond_broadcast(&r->wake_cv);
+    pthread_mutex_unlock(&r->wake_mu);
+    return ERR_OK;
+}
+
+void
+repl_fence_json(repl *r, buf *out)
+{
+    buf_addf(out, "{\"role\":\"%s\",\"fenced\":%s,\"epoch\":%llu}",
+             r->primary ? "primary" : "secondary", atomic_load(&r->demoted) ? "true" : "false",
+             (unsigned long long)atomic_load(&r->epoch));
 }
 
 /* ---- lag ---- */
@@ -575,6 +661,11 @@ repl_status_json(repl *r, buf *b)
     buf_addf(b, ",\"stale_epoch_rejects\":%llu,\"bad_messages\":%llu",
              (unsigned long long)atomic_load(&r->stale_epoch_rejects),
              (unsigned long long)atomic_load(&r->forged_rejects));
+    buf_adds(b, ",\"refused\":{");
+    for (int i = 0; i < REFUSE_COUNT; i++)
+        buf_addf(b, "%s\"%s\":%llu", i ? "," : "", refusal_names[i],
+                 (unsigned long long)atomic_load(&r->refused[i]));
+    buf_addf(b, "},\"fenced\":%s", r->primary && atomic_load(&r->demoted) ? "true" : "false");
     json_time(b, "now", now);
     if (r->primary) {
         buf_addf(b, ",\"head_seq\":%llu,\"log_first_seq\":%llu,\"replicas\":[",
@@ -674,6 +765,14 @@ repl_metrics(repl *r, buf *b)
                 "# TYPE georeg_repl_stale_epoch_rejects_total counter\n"
                 "georeg_repl_stale_epoch_rejects_total %llu\n",
              (unsigned long long)atomic_load(&r->stale_epoch_rejects));
+    buf_adds(b, "# HELP georeg_repl_refused_total messages and connections refused from peers\n"
+                "# TYPE georeg_repl_refused_total counter\n");
+    for (int i = 0; i < REFUSE_COUNT; i++)
+        buf_addf(b, "georeg_repl_refused_total{reason=\"%s\"} %llu\n", refusal_names[i],
+                 (unsigned long long)atomic_load(&r->refused[i]));
+    buf_addf(b, "# HELP georeg_repl_fenced 1 while this primary is fenced\n"
+                "# TYPE georeg_repl_fenced gauge\ngeoreg_repl_fenced %d\n",
+             r->primary && atomic_load(&r->demoted) ? 1 : 0);
     if (!r->primary) {
         uint64_t applied = store_applied_seq(r->store);
         pthread_mutex_lock(&r->smu);

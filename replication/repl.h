@@ -39,6 +39,32 @@ struct repl_replica_options {
     struct repl_filter filter;
 };
 
+/* repl_meta_validate_cb: the node checks a replicated metadata event (key, and for a
+ * put its value) the way its admin API checks a request; false with *why (static
+ * text) refuses it. Called on the receiver thread. */
+typedef bool (*repl_meta_validate_cb)(void *arg, const char *key, const void *val, size_t len,
+                                      bool del, const char **why);
+/* repl_refused_cb: a message or connection was refused (peer: the claimed or
+ * authenticated name, may be ""; reason: a metric label). For the audit log; called
+ * on replication threads. */
+typedef void (*repl_refused_cb)(void *arg, const char *peer, const char *reason,
+                                const char *detail);
+
+/* Why something from a peer was refused (georeg_repl_refused_total{reason}). */
+enum repl_refusal {
+    REFUSE_UNAUTHENTICATED = 0, /* no valid peer proof on this connection yet */
+    REFUSE_NOT_PRIMARY,         /* proven name is not allowed to be primary */
+    REFUSE_BAD_PROOF,           /* certificate, name or signature does not verify */
+    REFUSE_SENDER,              /* sender differs from the authenticated name */
+    REFUSE_EPOCH,               /* epoch differs from the proven one, or jumps too far */
+    REFUSE_META,                /* metadata event outside the known keys or invalid */
+    REFUSE_TLS,                 /* TLS handshake failed (nng listener "auth" errors) */
+    REFUSE_COUNT
+};
+
+/* The largest epoch step a secondary takes from a proven primary. */
+#define REPL_MAX_EPOCH_JUMP 16
+
 struct repl_options {
     const char *node_name;
     bool primary;
@@ -54,6 +80,12 @@ struct repl_options {
     uint64_t heartbeat_ms;
     const struct repl_replica_options *replicas;
     size_t nreplicas;
+    const char *tls_client_cert;      /* the primary's clientAuth certificate (else tls_cert) */
+    const char *const *primaries;     /* secondary: names allowed to command it */
+    size_t nprimaries;
+    repl_meta_validate_cb meta_validate; /* NULL: every metadata event is refused */
+    repl_refused_cb on_refused;          /* may be NULL */
+    void *cb_arg;
 };
 
 /* repl_new validates options (addresses, TLS files, filters) against store s
@@ -74,6 +106,12 @@ bool repl_writable(repl *r, char *url, size_t n);
 bool repl_is_primary(repl *r);
 /* repl_ready: false while a secondary is resyncing (its content is partial). */
 bool repl_ready(repl *r);
+
+/* repl_fence fences (fenced) or unfences this primary: an operator's decision,
+ * persisted. ERR_INVALID on a secondary. */
+err repl_fence(repl *r, bool fenced);
+/* repl_fence_json writes {"role","fenced","epoch"} into out. */
+void repl_fence_json(repl *r, buf *out);
 
 /* repl_status_json writes the replication state as a JSON object into out. */
 err repl_status_json(repl *r, buf *out);

@@ -83,8 +83,15 @@ struct repl {
     char node_name[64];
     char listen[256];
     char public_url[256];
-    char tls_cert[1024], tls_key[1024], tls_ca[1024];
+    char tls_cert[1024], tls_key[1024], tls_ca[1024], tls_client_cert[1024];
     bool insecure;
+    char (*primaries)[64]; /* secondary: names allowed to command it */
+    size_t nprimaries;
+    repl_meta_validate_cb meta_validate;
+    repl_refused_cb on_refused;
+    void *cb_arg;
+    _Atomic uint64_t refused[REFUSE_COUNT];
+    uint64_t tls_auth_seen; /* receiver: the listener's "auth" stat last read */
     unsigned window;
     uint64_t chunk_bytes;
     uint64_t log_retention;
@@ -128,7 +135,21 @@ struct repl {
 uint64_t repl_now_ms(void);
 
 /* wire.c */
-err wire_tls_config(repl *r, bool server, nng_tls_config **out);
+/* wire_tls_config: server mode uses tls_cert; client mode uses tls_client_cert (else
+ * tls_cert) and verifies the server's certificate names server_name. */
+err wire_tls_config(repl *r, bool server, const char *server_name, nng_tls_config **out);
+/* wire_proof_sign signs the peer proof for nonce and receiver at epoch with this
+ * node's key; *cert and *sig are returned new (free with free()). */
+err wire_proof_sign(repl *r, slice nonce, const char *receiver, uint64_t epoch, buf *cert,
+                    buf *sig);
+/* wire_proof_verify checks a peer proof: cert chains to the cluster CA for client
+ * use, names sender (SAN), and sig is sender's signature over (nonce, receiver,
+ * sender, epoch). REFUSE_COUNT when it holds, else the refusal with *why. */
+enum repl_refusal wire_proof_verify(repl *r, slice cert, slice sig, slice nonce,
+                                    const char *sender, const char *receiver, uint64_t epoch,
+                                    const char **why);
+/* repl_refuse counts a refusal, logs it and tells the node (audit). */
+void repl_refuse(repl *r, enum repl_refusal why, const char *peer, const char *detail);
 err wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id);
 /* wire_send_payload also sends plen bulk bytes after the envelope, written into the
  * message by fill (so they are copied once, from their source). */
@@ -141,9 +162,12 @@ err wire_send_payload(repl *r, nng_socket s, envelope *env, uint64_t msg_id, siz
  * nng_msg_free; without them any payload is dropped. */
 err wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *pipe,
               slice *payload, nng_msg **keep);
-/* wire_epoch_check applies the epoch rule to a received envelope: ERR_EPOCH_STALE
- * when it is older than ours; a newer one is adopted (and demotes a primary). */
-err wire_epoch_check(repl *r, const envelope *env);
+/* wire_epoch_stale: ERR_EPOCH_STALE (counted, logged) when env is older than our
+ * epoch. Nothing is ever adopted from an envelope: a secondary takes a new epoch
+ * only from a verified peer proof (receiver.c), a primary only from its config. */
+err wire_epoch_stale(repl *r, const envelope *env);
+/* wire_epoch_adopt persists a new (higher) epoch on a secondary. */
+void wire_epoch_adopt(repl *r, uint64_t epoch, const char *sender);
 
 /* filter.c (in repl.c) */
 bool filter_repo(const struct filter *f, slice repo);

@@ -41,6 +41,11 @@ struct ship {
     size_t batch_bytes;
     uint64_t batch_last_seq;
 
+    /* peer proof: the nonce the replica sent */
+    unsigned char nonce[64];
+    size_t nonce_len;
+    bool have_nonce;
+
     /* resync */
     bool resync;
     uint64_t snapshot_seq;
@@ -209,7 +214,13 @@ pump(struct ship *sh, int timeout_ms)
     err e = wire_recv(sh->r, rp->sock, timeout_ms, &env, NULL, NULL, NULL);
     if (e)
         return e;
-    if (wire_epoch_check(sh->r, env) == ERR_EPOCH_STALE) {
+    /* The replica's name was verified by TLS (the dialer's server name); what it says
+     * about epochs is information, never a reason to adopt one or to stop: a primary
+     * is fenced by its operator (repl_fence), not by an ack. */
+    if (strcmp(env->sender, rp->name) != 0) {
+        char d[160];
+        snprintf(d, sizeof d, "sender %.60s on the connection to %.60s", env->sender, rp->name);
+        repl_refuse(sh->r, REFUSE_SENDER, env->sender, d);
         georeg__repl__envelope__free_unpacked(env, NULL);
         return ERR_OK;
     }
@@ -219,6 +230,13 @@ pump(struct ship *sh, int timeout_ms)
     switch (env->body_case) {
     case GEOREG__REPL__ENVELOPE__BODY_ACK:
         on_ack(sh, env);
+        break;
+    case GEOREG__REPL__ENVELOPE__BODY_PEER_CHALLENGE:
+        if (env->peer_challenge->nonce.len && env->peer_challenge->nonce.len <= sizeof sh->nonce) {
+            memcpy(sh->nonce, env->peer_challenge->nonce.data, env->peer_challenge->nonce.len);
+            sh->nonce_len = env->peer_challenge->nonce.len;
+            sh->have_nonce = true;
+        }
         break;
     case GEOREG__REPL__ENVELOPE__BODY_HAVE_REPLY:
         if (env->have_reply->query_id == sh->want_query) {
@@ -540,7 +558,72 @@ send_heartbeat(struct ship *sh)
     return send_env(sh, &env);
 }
 
-/* handshake: a heartbeat whose ack tells where the replica is. */
+/* prove: PeerHello, then (when the replica asks) a PeerProof signed with this node's
+ * key over its nonce; waits for the replica's answer to either. */
+static err
+prove(struct ship *sh)
+{
+    struct replica *rp = sh->rp;
+    sh->have_nonce = false;
+    Georeg__Repl__PeerHello ph = GEOREG__REPL__PEER_HELLO__INIT;
+    envelope env = GEOREG__REPL__ENVELOPE__INIT;
+    env.body_case = GEOREG__REPL__ENVELOPE__BODY_PEER_HELLO;
+    env.peer_hello = &ph;
+    if (send_env(sh, &env))
+        return ERR_UNAVAILABLE;
+    uint64_t want = rp->next_msg_id;
+    uint64_t deadline = repl_now_ms() + HANDSHAKE_TIMEOUT_MS;
+    for (;;) {
+        if (atomic_load(&rp->pipe_gen) != sh->gen || atomic_load(&sh->r->stopping) ||
+            repl_now_ms() > deadline)
+            return ERR_UNAVAILABLE;
+        pump(sh, 50);
+        pthread_mutex_lock(&rp->mu);
+        bool answered = rp->acked_msg_id >= want;
+        pthread_mutex_unlock(&rp->mu);
+        if (answered)
+            return ERR_OK; /* no proof wanted (a development listener without keys) */
+        if (sh->have_nonce)
+            break;
+    }
+    buf cert = BUF_INIT, sig = BUF_INIT;
+    err e = wire_proof_sign(sh->r, (slice){(const char *)sh->nonce, sh->nonce_len}, rp->name,
+                            atomic_load(&sh->r->epoch), &cert, &sig);
+    if (e) {
+        set_error(rp, "cannot sign the peer proof (replication.tls.key)");
+        goto out;
+    }
+    Georeg__Repl__PeerProof pp = GEOREG__REPL__PEER_PROOF__INIT;
+    pp.cert.data = (uint8_t *)cert.ptr;
+    pp.cert.len = cert.len;
+    pp.signature.data = (uint8_t *)sig.ptr;
+    pp.signature.len = sig.len;
+    pp.receiver = rp->name;
+    envelope pe = GEOREG__REPL__ENVELOPE__INIT;
+    pe.body_case = GEOREG__REPL__ENVELOPE__BODY_PEER_PROOF;
+    pe.peer_proof = &pp;
+    e = send_env(sh, &pe) ? ERR_UNAVAILABLE : ERR_OK;
+    want = rp->next_msg_id;
+    while (!e) {
+        if (atomic_load(&rp->pipe_gen) != sh->gen || atomic_load(&sh->r->stopping) ||
+            repl_now_ms() > deadline) {
+            e = ERR_UNAVAILABLE;
+            break;
+        }
+        pump(sh, 50);
+        pthread_mutex_lock(&rp->mu);
+        bool answered = rp->acked_msg_id >= want;
+        pthread_mutex_unlock(&rp->mu);
+        if (answered)
+            break;
+    }
+out:
+    buf_release(&cert);
+    buf_release(&sig);
+    return e;
+}
+
+/* handshake: the peer proof, then a heartbeat whose ack tells where the replica is. */
 static err
 handshake(struct ship *sh, uint64_t *applied)
 {
@@ -549,6 +632,15 @@ handshake(struct ship *sh, uint64_t *applied)
     uint64_t before = rp->acked_msg_id;
     uint64_t stale_before = rp->stale_epoch_rejects;
     pthread_mutex_unlock(&rp->mu);
+    if (prove(sh))
+        return ERR_UNAVAILABLE;
+    pthread_mutex_lock(&rp->mu);
+    bool refused_stale = rp->stale_epoch_rejects > stale_before;
+    pthread_mutex_unlock(&rp->mu);
+    if (refused_stale)
+        return ERR_EPOCH_STALE;
+    if (sh->go_back) /* the replica refused the proof (its ack says why: last_error) */
+        return ERR_UNAVAILABLE;
     if (send_heartbeat(sh))
         return ERR_UNAVAILABLE;
     uint64_t want = rp->next_msg_id;
@@ -795,9 +887,8 @@ shipper_main(void *arg)
     set_state(rp, RS_UNREACHABLE);
     while (!atomic_load(&r->stopping)) {
         if (atomic_load(&r->demoted)) {
-            /* fenced by a higher epoch: this node is no longer the primary, and its
-             * messages, now stamped with the adopted epoch, must not reach anyone */
-            set_error(rp, "this node is fenced: a node with a higher epoch is primary");
+            /* fenced by its operator: this node is no longer the primary */
+            set_error(rp, "this node is fenced (operator): not shipping");
             pthread_mutex_lock(&r->wake_mu);
             if (!atomic_load(&r->stopping)) {
                 struct timespec ts;
@@ -839,7 +930,7 @@ shipper_main(void *arg)
             rp->retries++;
             pthread_mutex_unlock(&rp->mu);
             if (e == ERR_EPOCH_STALE || atomic_load(&r->demoted)) {
-                set_error(rp, "replica has a higher epoch: this node is fenced");
+                set_error(rp, "replica has a higher epoch: it follows another primary");
                 usleep(1000000);
             } else {
                 usleep(200000);

@@ -5,6 +5,13 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
+
 #include "repl_int.h"
 #include "../common/log.h"
 #include "../common/banned.h"
@@ -33,7 +40,7 @@ read_file(const char *path)
 }
 
 err
-wire_tls_config(repl *r, bool server, nng_tls_config **out)
+wire_tls_config(repl *r, bool server, const char *server_name, nng_tls_config **out)
 {
     nng_tls_config *cfg = NULL;
     char *cert = NULL, *key = NULL;
@@ -47,16 +54,18 @@ wire_tls_config(repl *r, bool server, nng_tls_config **out)
         log_error("REPL-TLS", "error=\"tls+tcp needs replication.tls.cert, key and ca\"");
         goto out;
     }
-    cert = read_file(r->tls_cert);
+    const char *cert_path = !server && r->tls_client_cert[0] ? r->tls_client_cert : r->tls_cert;
+    cert = read_file(cert_path);
     key = read_file(r->tls_key);
     if (!cert || !key) {
         log_error("REPL-TLS", "error=\"cannot read certificate or key\" cert=%s key=%s",
-                  r->tls_cert, r->tls_key);
+                  cert_path, r->tls_key);
         goto out;
     }
     if ((rv = nng_tls_config_own_cert(cfg, cert, key, NULL)) ||
         (rv = nng_tls_config_ca_file(cfg, r->tls_ca)) ||
-        (rv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED))) {
+        (rv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED)) ||
+        (!server && server_name && (rv = nng_tls_config_server_name(cfg, server_name)))) {
         log_error("REPL-TLS", "error=\"%s\" cert=%s ca=%s", nng_strerror(rv), r->tls_cert,
                   r->tls_ca);
         goto out;
@@ -172,7 +181,7 @@ wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *pipe,
 }
 
 err
-wire_epoch_check(repl *r, const envelope *env)
+wire_epoch_stale(repl *r, const envelope *env)
 {
     uint64_t mine = atomic_load(&r->epoch);
     if (env->epoch < mine) {
@@ -181,19 +190,131 @@ wire_epoch_check(repl *r, const envelope *env)
                  (unsigned long long)env->epoch, (unsigned long long)mine);
         return ERR_EPOCH_STALE;
     }
-    if (env->epoch > mine) {
-        atomic_store(&r->epoch, env->epoch);
-        char v[24];
-        int n = snprintf(v, sizeof v, "%llu", (unsigned long long)env->epoch);
-        store_meta_put(r->store, "repl/epoch", v, (size_t)n);
-        if (r->primary)
-            store_meta_put(r->store, "repl/fenced", v, (size_t)n); /* survives restarts */
-        if (r->primary && !atomic_exchange(&r->demoted, true))
-            log_warn("REPL-DEMOTED", "sender=%s epoch=%llu action=stop_accepting_writes",
-                     env->sender, (unsigned long long)env->epoch);
-        else
-            log_info("REPL-EPOCH", "sender=%s epoch=%llu", env->sender,
-                     (unsigned long long)env->epoch);
-    }
     return ERR_OK;
+}
+
+void
+wire_epoch_adopt(repl *r, uint64_t epoch, const char *sender)
+{
+    if (epoch <= atomic_load(&r->epoch))
+        return;
+    atomic_store(&r->epoch, epoch);
+    char v[24];
+    int n = snprintf(v, sizeof v, "%llu", (unsigned long long)epoch);
+    if (store_meta_put(r->store, "repl/epoch", v, (size_t)n))
+        log_warn("REPL-EPOCH-PERSIST", "epoch=%llu error=\"cannot persist\"",
+                 (unsigned long long)epoch);
+    log_info("REPL-EPOCH", "sender=%s epoch=%llu", sender, (unsigned long long)epoch);
+}
+
+/* ---- peer proof ---- */
+
+#define PROOF_MAX_CERT (16u << 10)
+
+static void
+proof_message(buf *m, slice nonce, const char *receiver, const char *sender, uint64_t epoch)
+{
+    buf_add(m, "georeg-repl-proof-v1", 21); /* with its NUL */
+    buf_add(m, nonce.ptr, nonce.len);
+    buf_add(m, receiver, strlen(receiver) + 1);
+    buf_add(m, sender, strlen(sender) + 1);
+    char e[8];
+    for (int i = 0; i < 8; i++)
+        e[i] = (char)(epoch >> (56 - 8 * i));
+    buf_add(m, e, 8);
+}
+
+err
+wire_proof_sign(repl *r, slice nonce, const char *receiver, uint64_t epoch, buf *cert, buf *sig)
+{
+    err e = ERR_CONFIG;
+    EVP_PKEY *pk = NULL;
+    EVP_MD_CTX *md = NULL;
+    buf m = BUF_INIT;
+    const char *cert_path = r->tls_client_cert[0] ? r->tls_client_cert : r->tls_cert;
+    char *pem = read_file(cert_path);
+    FILE *kf = fopen(r->tls_key, "rb");
+    if (!pem || !kf) {
+        log_error("REPL-PROOF", "error=\"cannot read certificate or key\" cert=%s", cert_path);
+        goto out;
+    }
+    pk = PEM_read_PrivateKey(kf, NULL, NULL, NULL);
+    if (!pk || !(md = EVP_MD_CTX_new()))
+        goto out;
+    proof_message(&m, nonce, receiver, r->node_name, epoch);
+    size_t n = 0;
+    if (EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pk) != 1 ||
+        EVP_DigestSign(md, NULL, &n, (const unsigned char *)m.ptr, m.len) != 1)
+        goto out;
+    buf_reset(sig);
+    if (buf_grow(sig, n + 1))
+        goto out;
+    if (EVP_DigestSign(md, (unsigned char *)sig->ptr, &n, (const unsigned char *)m.ptr, m.len) != 1)
+        goto out;
+    sig->len = n;
+    buf_reset(cert);
+    buf_adds(cert, pem);
+    e = ERR_OK;
+out:
+    if (e)
+        ERR_clear_error();
+    if (kf)
+        fclose(kf);
+    free(pem);
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(pk);
+    buf_release(&m);
+    return e;
+}
+
+enum repl_refusal
+wire_proof_verify(repl *r, slice cert, slice sig, slice nonce, const char *sender,
+                  const char *receiver, uint64_t epoch, const char **why)
+{
+    enum repl_refusal res = REFUSE_BAD_PROOF;
+    BIO *bio = NULL;
+    X509 *x = NULL;
+    X509_STORE *st = NULL;
+    X509_STORE_CTX *ctx = NULL;
+    EVP_PKEY *pk = NULL;
+    EVP_MD_CTX *md = NULL;
+    buf m = BUF_INIT;
+    *why = "malformed certificate";
+    if (!cert.len || cert.len > PROOF_MAX_CERT || !sig.len || sig.len > 1024)
+        goto out;
+    if (!(bio = BIO_new_mem_buf(cert.ptr, (int)cert.len)) ||
+        !(x = PEM_read_bio_X509(bio, NULL, NULL, NULL)))
+        goto out;
+    *why = "certificate not from the cluster CA";
+    if (!(st = X509_STORE_new()) || X509_STORE_load_locations(st, r->tls_ca, NULL) != 1 ||
+        !(ctx = X509_STORE_CTX_new()) || X509_STORE_CTX_init(ctx, st, x, NULL) != 1 ||
+        X509_STORE_CTX_set_purpose(ctx, X509_PURPOSE_SSL_CLIENT) != 1 ||
+        X509_verify_cert(ctx) != 1)
+        goto out;
+    *why = "certificate does not name the sender";
+    if (X509_check_host(x, sender, strlen(sender), X509_CHECK_FLAG_NO_WILDCARDS, NULL) != 1)
+        goto out;
+    *why = "proof for another node";
+    if (strcmp(receiver, r->node_name) != 0)
+        goto out;
+    *why = "signature does not verify";
+    if (!(pk = X509_get_pubkey(x)) || !(md = EVP_MD_CTX_new()))
+        goto out;
+    proof_message(&m, nonce, receiver, sender, epoch);
+    if (EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pk) != 1 ||
+        EVP_DigestVerify(md, (const unsigned char *)sig.ptr, sig.len,
+                         (const unsigned char *)m.ptr, m.len) != 1)
+        goto out;
+    *why = "";
+    res = REFUSE_COUNT;
+out:
+    ERR_clear_error();
+    BIO_free(bio);
+    X509_free(x);
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(st);
+    EVP_PKEY_free(pk);
+    EVP_MD_CTX_free(md);
+    buf_release(&m);
+    return res;
 }

@@ -20,7 +20,8 @@ node: {name: eu-west, data_dir: $dir/eu-west}
 http: {listen: 127.0.0.1:$base, public_url: "http://127.0.0.1:$base"}
 replication:
   role: primary
-  tls: {cert: $dir/tls/eu-west.pem, key: $dir/tls/eu-west.key, ca: $dir/tls/ca.pem}
+  tls: {cert: $dir/tls/eu-west.pem, key: $dir/tls/eu-west.key, ca: $dir/tls/ca.pem,
+        client_cert: $dir/tls/eu-west-client.pem}
   replicas:
     - name: us-east
       address: tls+tcp://127.0.0.1:$((base + 2001))
@@ -36,6 +37,7 @@ node: {name: $n, data_dir: $dir/$n}
 http: {listen: 127.0.0.1:$((base + i))}
 replication:
   role: secondary
+  primaries: [eu-west]
   listen: tls+tcp://127.0.0.1:$((base + 2000 + i))
   tls: {cert: $dir/tls/$n.pem, key: $dir/tls/$n.key, ca: $dir/tls/ca.pem}
 YAML

@@ -158,6 +158,10 @@ store_resync_begin(store *s)
     char lo[1] = {0}, hi[4] = {'\xff', '\xff', '\xff', '\xff'};
     for (size_t i = 0; i < sizeof reset_cfs / sizeof reset_cfs[0]; i++)
         rocksdb_writebatch_delete_range_cf(wb, s->cf[reset_cfs[i]], lo, 0, hi, sizeof hi);
+    /* replicated metadata (identities, grants) too: the snapshot sends every key the
+     * primary has, so a key deleted there while this node was away must not survive
+     * ("r/" up to "r0", the next byte after '/') */
+    rocksdb_writebatch_delete_range_cf(wb, s->cf[CF_DEFAULT], "r/", 2, "r0", 2);
     /* with the state gone, nothing is applied: a restart in the middle of the resync
      * must not resume streaming from the old position over a partial state */
     put_applied(s, wb, 0);
@@ -165,6 +169,7 @@ store_resync_begin(store *s)
     err e = commit_locked(s, wb, NULL);
     if (!e)
         s->applied = 0;
+    atomic_fetch_add(&s->rmeta_version, 1); /* identities are reloaded */
     pthread_mutex_unlock(&s->commit_mu);
     rocksdb_writebatch_destroy(wb);
     log_info("STORE-RESYNC-BEGIN", "dir=%s", s->dir);

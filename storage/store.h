@@ -272,9 +272,10 @@ struct store_apply_extra {
 err store_apply(store *s, const struct store_event *ev, const struct store_apply_extra *x);
 /* store_applied_seq: the highest primary sequence this node has applied. */
 uint64_t store_applied_seq(store *s);
-/* store_resync_begin drops every link, tag, referrer and catalog entry (blob and
- * manifest bytes stay, content-addressed, so they need not travel again) and sets the
- * applied sequence to 0, in one batch. */
+/* store_resync_begin drops every link, tag, referrer and catalog entry and all
+ * replicated metadata (identities: the snapshot resends what the primary still has;
+ * blob and manifest bytes stay, content-addressed, so they need not travel again) and
+ * sets the applied sequence to 0, in one batch. */
 err store_resync_begin(store *s);
 /* store_resync_end records snapshot_seq as applied and restarts this node's own log
  * just after it (the log before it no longer describes the state). */

@@ -60,6 +60,29 @@ static err fuzz_store_apply(store *s, const struct store_event *ev,
 #define FUZZ_NAME "fuzz_repl"
 #include "fuzz.h"
 
+/* repl.c is not linked: a refusal is only counted. */
+void
+repl_refuse(repl *r, enum repl_refusal why, const char *peer, const char *detail)
+{
+    (void)peer;
+    (void)detail;
+    atomic_fetch_add(&r->refused[why], 1);
+}
+
+/* node/meta_validate.c is not linked either: metadata under id/ goes on to
+ * store_apply (and its checks below), anything else is refused as the node would. */
+static bool
+fuzz_meta_validate(void *arg, const char *key, const void *val, size_t len, bool del,
+                   const char **why)
+{
+    (void)arg;
+    (void)val;
+    (void)len;
+    (void)del;
+    *why = "unknown metadata key prefix";
+    return strncmp(key, "id/", 3) == 0;
+}
+
 static char tmpdir[4096];
 static repl R;
 static store *S;
@@ -111,6 +134,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     R.primary = false;
     str_copy(R.node_name, sizeof R.node_name, "fuzz-secondary");
     R.heartbeat_ms = 1000;
+    R.meta_validate = fuzz_meta_validate;
     R.rsock = (nng_socket)NNG_SOCKET_INITIALIZER; /* never used: replies go to fuzz_wire_send */
     pthread_mutex_init(&R.smu, NULL);
     pthread_mutex_init(&R.wake_mu, NULL);
@@ -286,7 +310,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     uint8_t flags = data[0];
     reset_receiver(flags);
-    struct recv rc = {.r = &R, .url_configured = (flags & 2) != 0};
+    struct recv rc = {.r = &R, .url_configured = (flags & 2) != 0, .pipe = 1};
+    /* unless flag 4 is set, the connection is taken as proven by the first frame's
+     * sender at its epoch (a development listener without keys: no signature), so the
+     * validation behind the peer checks is reached */
+    bool proven = (flags & 4) == 0, first = true;
     size_t off = 1;
     while (off + 2 <= size) {
         size_t len = (size_t)data[off] | (size_t)data[off + 1] << 8;
@@ -303,6 +331,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!env)
             continue;
         roundtrip(env, "input");
+        if (first && proven) {
+            rc.auth_pipe = rc.pipe;
+            str_copy(rc.auth_name, sizeof rc.auth_name, env->sender ? env->sender : "");
+            rc.auth_epoch = env->epoch;
+        }
+        first = false;
         if (env->version == REPL_PROTOCOL_VERSION) {
             handle(&rc, env);
             if (verbose)

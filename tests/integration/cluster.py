@@ -207,6 +207,9 @@ class Relay:
             t.join(5)
 
 
+PRIMARY_NAMES = ("p", "eu")
+
+
 class Cluster:
     """Regions on loopback. Secondaries first (they listen), then what sits in
     front of them (fault proxies, relays), then the primary that dials them."""
@@ -227,6 +230,7 @@ class Cluster:
         d = os.path.join(self.base, "tls-" + ca)
         itlib.run(["bash", CERTS_SCRIPT, d] + list(names), timeout=60)
         return {n: {"cert": os.path.join(d, n + ".pem"), "key": os.path.join(d, n + ".key"),
+                    "client_cert": os.path.join(d, n + "-client.pem"),
                     "ca": os.path.join(d, "ca.pem")} for n in names}
 
     def tls(self, name, ca="ca", trust=None):
@@ -264,7 +268,8 @@ class Cluster:
     def secondary(self, name, tls=True, ca="ca", trust=None, start=True, **repl):
         """A secondary listening on a fresh loopback port (tls+tcp:// with a
         certificate of CA `ca` unless tls=False: plain tcp:// with insecure)."""
-        cfg = {"role": "secondary", "heartbeat": HEARTBEAT}
+        # the names the tests give their primaries: only those may command it
+        cfg = {"role": "secondary", "heartbeat": HEARTBEAT, "primaries": list(PRIMARY_NAMES)}
         if tls:
             cfg["tls"] = self.tls(name, ca=ca, trust=trust)
         else:
@@ -636,6 +641,8 @@ def pb_envelope(body_field, body, msg_id=1, epoch=1, sender="mallory", version=1
 
 
 ENV_BATCH, ENV_CHUNK, ENV_ACK, ENV_HEARTBEAT, ENV_RESYNC_BEGIN = 10, 13, 14, 15, 17
+ENV_PEER_HELLO, ENV_PEER_CHALLENGE, ENV_PEER_PROOF = 19, 20, 21
+EV_META_PUT, EV_META_DELETE = 6, 7
 
 
 def message_parts(frame):

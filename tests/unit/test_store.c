@@ -1879,6 +1879,35 @@ test_concurrent_writers(void **state)
 
 /* ---- metadata and open/close ---- */
 
+/* A resync drops replicated metadata (identities) with everything else the snapshot
+ * resends, keeps node metadata, and changes the rmeta version (auth reloads). */
+static void
+test_resync_drops_replicated_metadata(void **state)
+{
+    struct fx *f = *state;
+    buf v = BUF_INIT;
+    assert_int_equal(store_rmeta_put(f->s, "id/bob", "{}", 2), ERR_OK);
+    assert_int_equal(store_rmeta_put(f->s, "id/carol", "{}", 2), ERR_OK);
+    assert_int_equal(store_meta_put(f->s, "repl/epoch", "3", 1), ERR_OK);
+    uint64_t ver = store_rmeta_version(f->s);
+    assert_int_equal(store_resync_begin(f->s), ERR_OK);
+    assert_true(store_rmeta_version(f->s) != ver);
+    assert_int_equal(store_rmeta_get(f->s, "id/bob", 0, &v), ERR_NOT_FOUND);
+    assert_int_equal(store_rmeta_get(f->s, "id/carol", 0, &v), ERR_NOT_FOUND);
+    assert_int_equal(store_meta_get(f->s, "repl/epoch", &v), ERR_OK);
+    assert_string_equal(v.ptr, "3");
+    /* the snapshot's records come back through store_apply (seq 0) */
+    struct store_event ev = {.type = EV_META_PUT, .tag = slice_of_cstr("id/carol"),
+                             .body = slice_of_cstr("{\"c\":1}")};
+    assert_int_equal(store_apply(f->s, &ev, NULL), ERR_OK);
+    assert_int_equal(store_resync_end(f->s, 9), ERR_OK);
+    fx_reopen(f);
+    assert_int_equal(store_rmeta_get(f->s, "id/bob", 0, &v), ERR_NOT_FOUND);
+    assert_int_equal(store_rmeta_get(f->s, "id/carol", 0, &v), ERR_OK);
+    assert_string_equal(v.ptr, "{\"c\":1}");
+    buf_release(&v);
+}
+
 static void
 test_meta(void **state)
 {
@@ -1977,6 +2006,7 @@ main(void)
         T(test_log_trim_and_reopen),
         T_NOSYNC(test_concurrent_writers),
         T(test_meta),
+        T(test_resync_drops_replicated_metadata),
         T(test_open_errors),
 #undef T
 #undef T_NOSYNC
