@@ -368,19 +368,50 @@ mono_ms(void)
 
 /* ---- one input: one connection ---- */
 
+/* connect_loopback returns a non-blocking socket connected to the server, or
+ * -errno. A signal (libFuzzer's -timeout alarm, SIGALRM every second) can interrupt
+ * a blocking connect() with EINTR while the connection goes on in the background, so
+ * the socket is non-blocking from the start and the outcome is waited for with poll
+ * and read from SO_ERROR, whatever interrupts the wait. */
+static int
+connect_loopback(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    FUZZ_CHECK(fd >= 0, "socket: %s", strerror(errno));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+        return fd;
+    int e = errno;
+    if (e == EINPROGRESS || e == EINTR) {
+        struct pollfd pfd = {fd, POLLOUT, 0};
+        int pr;
+        uint64_t deadline = mono_ms() + HANG_MS;
+        do {
+            uint64_t now = mono_ms();
+            FUZZ_CHECK(now < deadline, "connect did not complete within %d ms", HANG_MS);
+            pr = poll(&pfd, 1, (int)(deadline - now));
+        } while (pr < 0 && errno == EINTR);
+        FUZZ_CHECK(pr >= 0, "poll: %s", strerror(errno));
+        socklen_t el = sizeof e;
+        FUZZ_CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0, "SO_ERROR: %s",
+                   strerror(errno));
+        if (e == 0)
+            return fd;
+    }
+    close(fd);
+    return -e;
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int fd = -1;
     for (int tries = 0; fd < 0; tries++) {
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        FUZZ_CHECK(fd >= 0, "socket: %s", strerror(errno));
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+        fd = connect_loopback();
+        if (fd >= 0)
             break;
-        int e = errno;
-        close(fd);
+        int e = -fd;
         fd = -1;
         FUZZ_CHECK(tries < 100 && (e == EADDRNOTAVAIL || e == EAGAIN || e == ECONNREFUSED),
                    "connect: %s", strerror(e));
@@ -388,7 +419,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 
     struct resp_check rc;
     rc_init(&rc);

@@ -575,7 +575,8 @@ mutate_frame(const uint8_t *in, size_t n, uint8_t *out, size_t max)
         case GEOREG__REPL__ENVELOPE__BODY_HAVE_QUERY: {
             hq = *orig->have_query;
             size_t k = hq.n_digests < 16 ? hq.n_digests : 16;
-            memcpy(digests, hq.digests, k * sizeof digests[0]);
+            if (k) /* an empty repeated field decodes as NULL: memcpy(x, NULL, 0) is UB */
+                memcpy(digests, hq.digests, k * sizeof digests[0]);
             if (k < 16 && rnd(2))
                 digests[k++] = pick_digest(&a, "");
             else if (k)
