@@ -456,7 +456,7 @@ mutate_event(struct arena *a, Georeg__Repl__Event *e)
                                       MT_DOCKER_LIST, "", "application/json", "text/plain"};
     switch (rnd(11)) {
     case 0: e->seq = pick_u64(e->seq); break;
-    case 1: e->type = (Georeg__Repl__EventType)(rnd(5) ? rnd(9) : (int)pick_u64(0)); break;
+    case 1: e->type = (Georeg__Repl__EventType)(rnd(5) ? (int)rnd(9) : (int)pick_u64(0)); break;
     case 2: e->repo = pick_repo(a, e->repo); break;
     case 3: e->digest = pick_digest(a, e->digest); break;
     case 4: e->tag = pick_tag(a, e->tag); break;
