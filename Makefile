@@ -40,7 +40,7 @@ UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: all asan run test unit integration bench cluster compose-test fmt lint clean deps \
-        test-tools fuzz
+        test-tools fuzz fuzz-regress
 all: $(BUILD)/georeg
 
 # ---- dependencies: install what is missing, once per build dir ----
@@ -115,6 +115,7 @@ test: test-tools
 	$(MAKE) all unit build/faultproxy
 	$(MAKE) asan
 	$(MAKE) BUILD=build/asan SANITIZE=address,undefined OPT=-O1 unit
+	$(MAKE) fuzz-regress
 	$(TEST_ENV) GEOREG_BIN=$(abspath build/georeg) $(PYTHON) -m pytest -q -rs tests/integration $(PYTEST_ARGS)
 	$(TEST_ENV) GEOREG_BIN=$(abspath build/asan/georeg) GEOREG_ASAN=1 $(PYTHON) -m pytest -q -rs \
 	    tests/integration $(PYTEST_ARGS)
@@ -129,6 +130,11 @@ compose-test: all
 
 fuzz:
 	$(MAKE) -f tests/fuzz/Makefile
+
+# every stored fuzz input (corpus and crash reproducers) replayed through its driver,
+# built with gcc + ASan/UBSan: no clang needed
+fuzz-regress:
+	$(MAKE) -f tests/fuzz/Makefile regress
 
 fmt:
 	clang-format -i $$(git ls-files '*.c' '*.h')

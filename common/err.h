@@ -20,7 +20,7 @@
     X(BLOB_UPLOAD_INVALID, 400, "BLOB_UPLOAD_INVALID", "blob upload invalid")          \
     X(BLOB_UPLOAD_UNKNOWN, 404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry") \
     X(DIGEST_INVALID, 400, "DIGEST_INVALID", "provided digest did not match uploaded content") \
-    X(MANIFEST_BLOB_UNKNOWN, 404, "MANIFEST_BLOB_UNKNOWN",                             \
+    X(MANIFEST_BLOB_UNKNOWN, 400, "MANIFEST_BLOB_UNKNOWN",                             \
       "manifest references a manifest or blob unknown to registry")                    \
     X(MANIFEST_INVALID, 400, "MANIFEST_INVALID", "manifest invalid")                   \
     X(MANIFEST_UNKNOWN, 404, "MANIFEST_UNKNOWN", "manifest unknown to registry")       \

@@ -3,6 +3,7 @@
  * endpoint. Handlers are steps (see http.h): reads try the loop first with
  * STORE_NOWAIT, writes run on the thread pool. */
 #include <fcntl.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@ struct route {
     char mount_from[REF_NAME_MAX + 1];
     bool mount;
     bool monolithic;
+    bool ref_invalid; /* a GET/HEAD by something that is neither a tag nor a digest */
 };
 
 /* Upload state of one request; freed with the request. */
@@ -202,6 +204,11 @@ h_manifest_get(struct http_req *r, bool nowait)
     struct node *nd = node_of(r);
     struct route *rt = route_of(r);
     struct store_manifest m;
+    if (rt->ref_invalid) {
+        /* no manifest can have this reference: it is unknown, as for any other read */
+        http_resp_error(r, ERR_MANIFEST_UNKNOWN, NULL, NULL);
+        return ERR_OK;
+    }
     err e = store_manifest_get(nd->store, rt->name, rt->ref, nowait ? STORE_NOWAIT : 0, &m);
     if (e == ERR_WOULDBLOCK)
         return e;
@@ -232,6 +239,90 @@ h_manifest_get(struct http_req *r, bool nowait)
     return ERR_OK;
 }
 
+/* The ?tag= parameters of a manifest PUT (distribution-spec main): at most
+ * STORE_MAX_TAGS_PER_PUT, each a valid tag, duplicates dropped. */
+struct put_tags {
+    char v[STORE_MAX_TAGS_PER_PUT + 1][REF_TAG_MAX + 1];
+    const char *p[STORE_MAX_TAGS_PER_PUT + 1];
+    size_t n;
+};
+
+static int
+hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* put_tags_add adds one tag (deduplicated). false with *why when it is invalid or one
+ * too many. */
+static bool
+put_tags_add(struct put_tags *t, slice tag, const char **why)
+{
+    if (!ref_tag_valid(tag)) {
+        *why = "invalid tag";
+        return false;
+    }
+    for (size_t i = 0; i < t->n; i++)
+        if (slice_eq_cstr(tag, t->v[i]))
+            return true;
+    if (t->n == STORE_MAX_TAGS_PER_PUT) {
+        *why = "too many tags in one push (at most 16)";
+        return false;
+    }
+    str_copy_slice(t->v[t->n], sizeof t->v[t->n], tag);
+    t->p[t->n] = t->v[t->n];
+    t->n++;
+    return true;
+}
+
+/* collect_put_tags reads the reference (when it is a tag) and every ?tag= parameter
+ * into t. false with *why on the first invalid one: nothing is stored then. */
+static bool
+collect_put_tags(struct http_req *r, struct put_tags *t, bool *any_query, const char **why)
+{
+    struct route *rt = route_of(r);
+    t->n = 0;
+    *any_query = false;
+    if (!ref_is_digest(slice_of_cstr(rt->ref)) && !put_tags_add(t, slice_of_cstr(rt->ref), why))
+        return false;
+    const char *p = r->query.ptr, *end = r->query.ptr + r->query.len;
+    while (p && p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *pe = amp ? amp : end;
+        if (pe - p >= 4 && memcmp(p, "tag=", 4) == 0) {
+            char v[REF_TAG_MAX + 2];
+            size_t j = 0;
+            bool ok = true;
+            *any_query = true;
+            for (const char *c = p + 4; c < pe && ok; c++) {
+                char ch = *c;
+                if (ch == '%') {
+                    int hi = pe - c >= 3 ? hex_digit(c[1]) : -1;
+                    int lo = pe - c >= 3 ? hex_digit(c[2]) : -1;
+                    ok = hi >= 0 && lo >= 0;
+                    ch = (char)(hi * 16 + lo);
+                    c += 2;
+                }
+                if (ok && j + 1 < sizeof v)
+                    v[j++] = ch;
+                else
+                    ok = false;
+            }
+            if (!ok) {
+                *why = "invalid tag";
+                return false;
+            }
+            if (!put_tags_add(t, (slice){v, j}, why))
+                return false;
+        }
+        p = pe + 1;
+    }
+    return true;
+}
+
 static err
 h_manifest_put(struct http_req *r, bool nowait)
 {
@@ -242,14 +333,27 @@ h_manifest_put(struct http_req *r, bool nowait)
     char digest[DIGEST_MAX], missing[DIGEST_MAX] = "";
     struct store_ref *refs = NULL;
     buf desc = BUF_INIT;
+    struct put_tags *tags = NULL;
+    bool tag_query = false;
     (void)nowait;
     slice body = buf_slice(&r->body);
+    if (!(tags = malloc(sizeof *tags))) {
+        http_resp_error(r, ERR_NOMEM, NULL, NULL);
+        return ERR_OK;
+    }
+    if (!collect_put_tags(r, tags, &tag_query, &why)) {
+        /* route_v2 checked them already; kept for a caller that did not */
+        http_resp_error(r, ERR_TAG_INVALID, why, NULL);
+        free(tags);
+        return ERR_OK;
+    }
     slice ct = http_req_header(r, "content-type");
     if (!ct.ptr)
         ct = (slice){"", 0};
     err e = manifest_parse(body, ct, &mi, &why);
     if (e) {
         http_resp_error(r, e, NULL, why);
+        free(tags);
         return ERR_OK;
     }
     bool by_digest = ref_is_digest(slice_of_cstr(rt->ref));
@@ -282,7 +386,7 @@ h_manifest_put(struct http_req *r, bool nowait)
         .subject = mi.has_subject ? mi.subject : NULL,
         .descriptor = buf_slice(&desc),
     };
-    e = store_manifest_put(nd->store, &mp, missing);
+    e = store_manifest_put_tags(nd->store, &mp, tags->p, tags->n, missing);
     if (e) {
         http_resp_error(r, e, NULL, missing[0] ? missing : NULL);
         audit_log(nd, r, "push", rt->name, rt->ref, digest, err_http_status(e), err_name(e));
@@ -296,7 +400,10 @@ h_manifest_put(struct http_req *r, bool nowait)
     http_resp_header(r, "Docker-Content-Digest", "%s", digest);
     if (mi.has_subject)
         http_resp_header(r, "OCI-Subject", "%s", mi.subject);
+    for (size_t i = 0; tag_query && i < tags->n; i++)
+        http_resp_header(r, "OCI-Tag", "%s", tags->v[i]);
 out:
+    free(tags);
     free(refs);
     buf_release(&desc);
     manifest_info_release(&mi);
@@ -556,7 +663,9 @@ pre_upload(struct http_req *r, bool nowait)
     }
     uint64_t offset = store_upload_offset(u->u);
     slice cr = http_req_header(r, "content-range");
-    if (cr.ptr && r->method == M_PATCH) {
+    /* the final PUT may carry the last chunk: it has to continue the upload too */
+    bool put_chunk = r->method == M_PUT && !(r->has_length && r->content_length == 0);
+    if (cr.ptr && (r->method == M_PATCH || put_chunk)) {
         uint64_t start, end;
         if (!content_range(cr, &start, &end)) {
             http_resp_error(r, ERR_RANGE_INVALID, "malformed Content-Range", NULL);
@@ -702,12 +811,12 @@ on_referrer(void *arg, slice key, slice value)
     struct referrers_out *o = arg;
     (void)key;
     if (o->filter) {
-        /* descriptors are our own compact JSON: match the artifactType member exactly */
-        buf want = BUF_INIT;
-        buf_adds(&want, "\"artifactType\":");
-        buf_add_json_str(&want, o->filter, strlen(o->filter));
-        bool hit = memmem(value.ptr, value.len, want.ptr, want.len) != NULL;
-        buf_release(&want);
+        /* compare the descriptor's own artifactType member (the manifest's artifactType
+         * or its config's media type), not text that could sit in an annotation */
+        json_t *d = json_loadb(value.ptr, value.len, 0, NULL);
+        const char *at = json_string_value(json_object_get(d, "artifactType"));
+        bool hit = at && strcmp(at, o->filter) == 0;
+        json_decref(d);
         if (!hit)
             return true;
     }
@@ -872,21 +981,33 @@ route_v2(struct http_req *r, slice p)
         if (!set_name(r, name))
             return;
         rt->kind = R_MANIFEST;
-        if (ref_is_digest(tail)) {
-            if (!set_digest(r, tail, rt->ref))
-                return;
-        } else if (!ref_tag_valid(tail)) {
-            http_resp_error(r, ERR_TAG_INVALID, NULL, NULL);
+        bool is_digest = ref_is_digest(tail);
+        if (is_digest ? ref_digest_valid(tail) : ref_tag_valid(tail)) {
+            str_copy_slice(rt->ref, sizeof rt->ref, tail);
+        } else if (r->method == M_GET || r->method == M_HEAD) {
+            rt->ref_invalid = true; /* 404 MANIFEST_UNKNOWN, after authorization */
+        } else if (is_digest) {
+            http_resp_error(r, ERR_DIGEST_INVALID, "invalid digest", NULL);
             return;
         } else {
-            str_copy_slice(rt->ref, sizeof rt->ref, tail);
+            http_resp_error(r, ERR_TAG_INVALID, NULL, NULL);
+            return;
         }
         switch (r->method) {
         case M_GET:
         case M_HEAD:
             r->handler = h_manifest_get;
             return;
-        case M_PUT:
+        case M_PUT: {
+            /* every ?tag= is checked before the body is read and anything stored */
+            struct put_tags tags;
+            const char *why = NULL;
+            bool any;
+            if (!collect_put_tags(r, &tags, &any, &why)) {
+                http_resp_error(r, ERR_TAG_INVALID, why, NULL);
+                return;
+            }
+        }
             if (r->has_length && r->content_length > nd->cfg->max_manifest_bytes) {
                 http_resp_error(r, ERR_MANIFEST_TOO_LARGE, NULL, NULL);
                 return;

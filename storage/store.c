@@ -212,6 +212,23 @@ decode_event(const char *p, size_t n, struct store_event *ev)
 /* commit appends ev (when not NULL) to the log with the next sequence number (or
  * ev->seq when it is set: a secondary keeps the primary's numbering) and writes the
  * batch, synced. Caller holds s->commit_mu. */
+/* log_event_locked adds ev to the batch's log entries with sequence number seq. */
+static err
+log_event_locked(store *s, rocksdb_writebatch_t *wb, struct store_event *ev, uint64_t seq)
+{
+    buf enc = BUF_INIT;
+    if (!ev->time_ms)
+        ev->time_ms = store_now_ms();
+    err e = encode_event(&enc, ev);
+    if (!e) {
+        char k[8];
+        put_u64be(k, seq);
+        batch_put(s, wb, CF_REPLOG, k, 8, enc.ptr, enc.len);
+    }
+    buf_release(&enc);
+    return e;
+}
+
 err
 commit_locked(store *s, rocksdb_writebatch_t *wb, struct store_event *ev)
 {
@@ -222,14 +239,8 @@ commit_locked(store *s, rocksdb_writebatch_t *wb, struct store_event *ev)
         ev = NULL;
     if (ev) {
         seq = ev->seq ? ev->seq : s->head + 1;
-        if (!ev->time_ms)
-            ev->time_ms = store_now_ms();
-        e = encode_event(&enc, ev);
-        if (e)
+        if ((e = log_event_locked(s, wb, ev, seq)))
             goto out;
-        char k[8];
-        put_u64be(k, seq);
-        batch_put(s, wb, CF_REPLOG, k, 8, enc.ptr, enc.len);
     }
     char *msg = NULL;
     rocksdb_write(s->db, s->wo, wb, &msg);
@@ -643,10 +654,12 @@ manifest_value(buf *out, const char *media_type, slice body)
     return e;
 }
 
-/* manifest link value: [time u64][subject digest or nothing] */
-err
-put_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_manifest_put *m,
-                    char missing[DIGEST_MAX], uint64_t seq)
+/* manifest link value: [time u64][subject digest or nothing]. stage_manifest_locked
+ * adds everything of m to the batch and fills *ev with its log event (borrowing from
+ * m), without committing. */
+static err
+stage_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_manifest_put *m,
+                      char missing[DIGEST_MAX], uint64_t seq, struct store_event *ev)
 {
     buf k = BUF_INIT, v = BUF_INIT;
     err e = ERR_OK;
@@ -704,19 +717,27 @@ put_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_manif
             goto out;
         batch_put(s, wb, CF_REFERRERS, k.ptr, k.len, m->descriptor.ptr, m->descriptor.len);
     }
-    struct store_event ev = {.seq = seq,
-                             .type = EV_MANIFEST_PUT,
-                             .repo = slice_of_cstr(m->repo),
-                             .digest = slice_of_cstr(m->digest),
-                             .tag = slice_of_cstr(m->tag),
-                             .media_type = slice_of_cstr(m->media_type),
-                             .body = m->body,
-                             .size = m->body.len};
-    e = commit_locked(s, wb, &ev);
+    *ev = (struct store_event){.seq = seq,
+                               .type = EV_MANIFEST_PUT,
+                               .repo = slice_of_cstr(m->repo),
+                               .digest = slice_of_cstr(m->digest),
+                               .tag = slice_of_cstr(m->tag),
+                               .media_type = slice_of_cstr(m->media_type),
+                               .body = m->body,
+                               .size = m->body.len};
 out:
     buf_release(&k);
     buf_release(&v);
     return e;
+}
+
+err
+put_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_manifest_put *m,
+                    char missing[DIGEST_MAX], uint64_t seq)
+{
+    struct store_event ev;
+    err e = stage_manifest_locked(s, wb, m, missing, seq, &ev);
+    return e ? e : commit_locked(s, wb, &ev);
 }
 
 err
@@ -725,6 +746,38 @@ store_manifest_put(store *s, const struct store_manifest_put *m, char missing[DI
     rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
     pthread_mutex_lock(&s->commit_mu);
     err e = put_manifest_locked(s, wb, m, missing, 0);
+    pthread_mutex_unlock(&s->commit_mu);
+    rocksdb_writebatch_destroy(wb);
+    return e;
+}
+
+err
+store_manifest_put_tags(store *s, const struct store_manifest_put *m, const char *const *tags,
+                        size_t ntags, char missing[DIGEST_MAX])
+{
+    if (ntags > STORE_MAX_TAGS_PER_PUT)
+        return ERR_INVALID;
+    if (ntags <= 1) {
+        struct store_manifest_put one = *m;
+        one.tag = ntags ? tags[0] : NULL;
+        return store_manifest_put(s, &one, missing);
+    }
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    err e = ERR_OK;
+    pthread_mutex_lock(&s->commit_mu);
+    /* one log event per tag, numbered head+1 ... head+ntags, all in one batch: the
+     * tags become visible here together, and a secondary applies them in order */
+    uint64_t base = s->head;
+    struct store_manifest_put one = *m;
+    struct store_event ev;
+    for (size_t i = 0; i < ntags && !e; i++) {
+        one.tag = tags[i];
+        e = stage_manifest_locked(s, wb, &one, missing, base + 1 + i, &ev);
+        if (!e && i + 1 < ntags)
+            e = log_event_locked(s, wb, &ev, base + 1 + i);
+    }
+    if (!e)
+        e = commit_locked(s, wb, &ev);
     pthread_mutex_unlock(&s->commit_mu);
     rocksdb_writebatch_destroy(wb);
     return e;

@@ -161,6 +161,16 @@ struct store_manifest_put {
  * tag and referrer entry in one synced batch with its log event. */
 err store_manifest_put(store *s, const struct store_manifest_put *m, char missing[DIGEST_MAX]);
 
+/* The most tags one manifest push may set (PUT .../manifests/DIGEST?tag=a&tag=b). */
+#define STORE_MAX_TAGS_PER_PUT 16
+
+/* store_manifest_put_tags is store_manifest_put with m->tag replaced by each of
+ * tags[0..ntags) (borrowed; valid, distinct, at most STORE_MAX_TAGS_PER_PUT, else
+ * ERR_INVALID): one synced batch that holds the manifest, every tag and one log
+ * event per tag, so either all tags are set or none. ntags 0 pushes by digest only. */
+err store_manifest_put_tags(store *s, const struct store_manifest_put *m, const char *const *tags,
+                            size_t ntags, char missing[DIGEST_MAX]);
+
 struct store_manifest {
     char digest[DIGEST_MAX];
     char media_type[256];

@@ -299,6 +299,9 @@ struct resp_check {
     llhttp_settings_t s;
     bool in_head_mark; /* the header being read is X-Fuzz-Head */
     bool head;         /* the current response answers a HEAD */
+    bool in_body;      /* the current response's head is complete */
+    unsigned status;   /* of the current response */
+    size_t body_bytes; /* of the current response so far */
     unsigned responses;
 };
 
@@ -307,6 +310,8 @@ rc_begin(llhttp_t *p)
 {
     struct resp_check *c = p->data;
     c->head = false;
+    c->in_body = false;
+    c->body_bytes = 0;
     return 0;
 }
 
@@ -333,7 +338,18 @@ static int
 rc_headers_complete(llhttp_t *p)
 {
     struct resp_check *c = p->data;
+    c->in_body = true;
+    c->status = llhttp_get_status_code(p);
     return c->head ? 1 : 0; /* 1: no body follows */
+}
+
+static int
+rc_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct resp_check *c = p->data;
+    (void)at;
+    c->body_bytes += len;
+    return 0;
 }
 
 static int
@@ -353,6 +369,7 @@ rc_init(struct resp_check *c)
     c->s.on_header_field = rc_field;
     c->s.on_header_value = rc_value;
     c->s.on_headers_complete = rc_headers_complete;
+    c->s.on_body = rc_body;
     c->s.on_message_complete = rc_complete;
     llhttp_init(&c->p, HTTP_RESPONSE, &c->s);
     c->p.data = c;
@@ -368,19 +385,50 @@ mono_ms(void)
 
 /* ---- one input: one connection ---- */
 
+/* connect_loopback returns a non-blocking socket connected to the server, or
+ * -errno. A signal (libFuzzer's -timeout alarm, SIGALRM every second) can interrupt
+ * a blocking connect() with EINTR while the connection goes on in the background, so
+ * the socket is non-blocking from the start and the outcome is waited for with poll
+ * and read from SO_ERROR, whatever interrupts the wait. */
+static int
+connect_loopback(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    FUZZ_CHECK(fd >= 0, "socket: %s", strerror(errno));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+        return fd;
+    int e = errno;
+    if (e == EINPROGRESS || e == EINTR) {
+        struct pollfd pfd = {fd, POLLOUT, 0};
+        int pr;
+        uint64_t deadline = mono_ms() + HANG_MS;
+        do {
+            uint64_t now = mono_ms();
+            FUZZ_CHECK(now < deadline, "connect did not complete within %d ms", HANG_MS);
+            pr = poll(&pfd, 1, (int)(deadline - now));
+        } while (pr < 0 && errno == EINTR);
+        FUZZ_CHECK(pr >= 0, "poll: %s", strerror(errno));
+        socklen_t el = sizeof e;
+        FUZZ_CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0, "SO_ERROR: %s",
+                   strerror(errno));
+        if (e == 0)
+            return fd;
+    }
+    close(fd);
+    return -e;
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int fd = -1;
     for (int tries = 0; fd < 0; tries++) {
-        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        FUZZ_CHECK(fd >= 0, "socket: %s", strerror(errno));
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+        fd = connect_loopback();
+        if (fd >= 0)
             break;
-        int e = errno;
-        close(fd);
+        int e = -fd;
         fd = -1;
         FUZZ_CHECK(tries < 100 && (e == EADDRNOTAVAIL || e == EAGAIN || e == ECONNREFUSED),
                    "connect: %s", strerror(e));
@@ -388,7 +436,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 
     struct resp_check rc;
     rc_init(&rc);
@@ -439,6 +486,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (!reset) {
         llhttp_errno_t e = llhttp_finish(&rc.p);
+        /* A malformed request is answered 400 and the connection closed, possibly
+         * before the application saw it (so without X-Fuzz-Head): when that request
+         * was a HEAD, the answer rightly has no body. */
+        if (e != HPE_OK && rc.in_body && rc.status == 400 && rc.body_bytes == 0)
+            e = HPE_OK;
         FUZZ_CHECK(e == HPE_OK, "the server closed in the middle of a response: %s (%zu bytes)",
                    llhttp_errno_name(e), got);
     }

@@ -490,7 +490,7 @@ mutate_event(struct arena *a, Georeg__Repl__Event *e)
                                       MT_DOCKER_LIST, "", "application/json", "text/plain"};
     switch (rnd(11)) {
     case 0: e->seq = pick_u64(e->seq); break;
-    case 1: e->type = (Georeg__Repl__EventType)(rnd(5) ? rnd(9) : (int)pick_u64(0)); break;
+    case 1: e->type = (Georeg__Repl__EventType)(rnd(5) ? (int)rnd(9) : (int)pick_u64(0)); break;
     case 2: e->repo = pick_repo(a, e->repo); break;
     case 3: e->digest = pick_digest(a, e->digest); break;
     case 4: e->tag = pick_tag(a, e->tag); break;
@@ -609,7 +609,8 @@ mutate_frame(const uint8_t *in, size_t n, uint8_t *out, size_t max)
         case GEOREG__REPL__ENVELOPE__BODY_HAVE_QUERY: {
             hq = *orig->have_query;
             size_t k = hq.n_digests < 16 ? hq.n_digests : 16;
-            memcpy(digests, hq.digests, k * sizeof digests[0]);
+            if (k) /* an empty repeated field decodes as NULL: memcpy(x, NULL, 0) is UB */
+                memcpy(digests, hq.digests, k * sizeof digests[0]);
             if (k < 16 && rnd(2))
                 digests[k++] = pick_digest(&a, "");
             else if (k)
