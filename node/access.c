@@ -130,6 +130,18 @@ retry_after(struct http_req *r)
     http_resp_header(r, "Retry-After", "%llu", (unsigned long long)(s ? s : 1));
 }
 
+/* public_why: what a client is told about a failed login. Wrong passwords, disabled,
+ * revoked and expired accounts all read the same, so a guesser learns nothing; the
+ * audit log keeps the real reason. */
+static const char *
+public_why(const char *why)
+{
+    if (why && (!strcmp(why, "token revoked") || !strcmp(why, "account disabled") ||
+                !strcmp(why, "credentials expired")))
+        return "unknown user or wrong password";
+    return why;
+}
+
 /* decide answers the request when it may not proceed; true when it may. */
 static bool
 decide(struct http_req *r, err e, const char *why)
@@ -146,7 +158,7 @@ decide(struct http_req *r, err e, const char *why)
     if (e) {
         auth_challenge(n->auth, ac->repo[0] ? ac->repo : NULL, ac->actions, false, chal,
                        sizeof chal);
-        http_resp_error(r, ERR_UNAUTHORIZED, why, NULL);
+        http_resp_error(r, ERR_UNAUTHORIZED, public_why(why), NULL);
         http_resp_header(r, "WWW-Authenticate", "%s", chal);
         audit_log(n, r, "login", NULL, NULL, NULL, 401, why);
         return false;
@@ -254,7 +266,7 @@ h_token(struct http_req *r, bool nowait)
     if (e) {
         char chal[600];
         auth_challenge(n->auth, NULL, 0, false, chal, sizeof chal);
-        http_resp_error(r, e == ERR_TOOMANYREQUESTS ? e : ERR_UNAUTHORIZED, why, NULL);
+        http_resp_error(r, e == ERR_TOOMANYREQUESTS ? e : ERR_UNAUTHORIZED, public_why(why), NULL);
         if (e == ERR_TOOMANYREQUESTS)
             retry_after(r);
         audit_log(n, r, "login", NULL, NULL, NULL, e == ERR_TOOMANYREQUESTS ? 429 : 401, why);

@@ -285,7 +285,7 @@ route_locate(struct http_req *r, slice rest)
     }
     str_copy_slice(lr->name, sizeof lr->name, name);
     str_copy_slice(lr->ref, sizeof lr->ref, ref);
-    if (!access_require(r, lr->name, ACT_PULL, NULL, 0, false))
+    if (!access_require(r, lr->name, ACT_READ, NULL, 0, false))
         return;
     r->handler = h_locate;
     r->handler_on_pool = true;

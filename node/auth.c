@@ -203,10 +203,22 @@ static bool
 grants_allow(const struct auth_grant *g, size_t n, const char *repo, unsigned actions)
 {
     unsigned have = 0;
+    /* registry-wide rights (repo NULL) come only from a registry-wide grant */
     for (size_t i = 0; i < n; i++)
-        if (!repo || ref_glob_match(g[i].glob, repo))
+        if (repo ? ref_glob_match(g[i].glob, repo) : strcmp(g[i].glob, "**") == 0)
             have |= g[i].actions;
     return (have & actions) == actions;
+}
+
+/* current_bits: the actions grants give on the exact repository name. */
+static unsigned
+current_bits(const struct auth_grant *g, size_t n, const char *repo)
+{
+    unsigned have = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ref_glob_match(g[i].glob, repo))
+            have |= g[i].actions;
+    return have;
 }
 
 bool
@@ -214,6 +226,12 @@ auth_allows(const auth *a, const struct auth_principal *who, const char *repo, u
 {
     if (a->mode == AUTH_NONE)
         return true;
+    if (actions & ACT_READ) {
+        /* reading names (tag lists, catalog, locate): pull or metadata_read */
+        unsigned rest = actions & ~ACT_READ;
+        return auth_allows(a, who, repo, rest | ACT_PULL) ||
+               auth_allows(a, who, repo, rest | ACT_METADATA);
+    }
     if (grants_allow(who->grants, who->ngrants, repo, actions))
         return true;
     /* anonymous pull also applies to everyone who logged in */
@@ -878,6 +896,10 @@ identify_bearer(auth *a, slice tok, bool nowait, struct auth_principal *who, con
         goto out;
     }
     memset(who, 0, sizeof *who);
+    /* the identity as it is now: a token never carries more than its identity
+     * currently holds, so narrowing or revoking an identity takes effect at once */
+    struct identity id;
+    memset(&id, 0, sizeof id);
     if (!sub || !*sub) {
         anonymous(a, who);
     } else {
@@ -888,7 +910,6 @@ identify_bearer(auth *a, slice tok, bool nowait, struct auth_principal *who, con
             }
             reload(a);
         }
-        struct identity id;
         if (!find(a, sub, &id) || id.disabled || (id.expires && id.expires <= now)) {
             *why = "the token's identity is disabled, revoked, expired or gone";
             goto out;
@@ -900,8 +921,6 @@ identify_bearer(auth *a, slice tok, bool nowait, struct auth_principal *who, con
     json_t *acc;
     json_array_foreach(json_object_get(c, "access"), i, acc)
     {
-        if (who->ngrants >= AUTH_MAX_GRANTS)
-            break;
         const char *type = json_string_value(json_object_get(acc, "type"));
         const char *name = json_string_value(json_object_get(acc, "name"));
         if (!type || !name)
@@ -915,18 +934,28 @@ identify_bearer(auth *a, slice tok, bool nowait, struct auth_principal *who, con
             if (json_is_string(act) && auth_parse_actions(json_string_value(act), &b))
                 bits |= b;
         }
-        struct auth_grant *g = &who->grants[who->ngrants];
         if (!strcmp(type, "registry") && !strcmp(name, "catalog")) {
-            str_copy(g->glob, sizeof g->glob, "**");
-            g->actions = ACT_METADATA;
+            /* the catalog shows what the identity may read now, nothing more */
+            for (size_t j = 0; j < id.ngrants && who->ngrants < AUTH_MAX_GRANTS; j++) {
+                if (!(id.grants[j].actions & (ACT_PULL | ACT_METADATA)))
+                    continue;
+                struct auth_grant *g = &who->grants[who->ngrants++];
+                str_copy(g->glob, sizeof g->glob, id.grants[j].glob);
+                g->actions = ACT_METADATA;
+            }
         } else if (!strcmp(type, "repository") && ref_name_valid(slice_of_cstr(name))) {
+            if (who->ngrants >= AUTH_MAX_GRANTS)
+                continue;
+            unsigned now_bits = current_bits(id.grants, id.ngrants, name);
+            if (current_bits(a->anon, a->nanon, name))
+                now_bits |= ACT_PULL;
+            if (!(bits & now_bits))
+                continue;
             /* an exact name: repository names contain no glob characters */
+            struct auth_grant *g = &who->grants[who->ngrants++];
             str_copy(g->glob, sizeof g->glob, name);
-            g->actions = bits;
-        } else {
-            continue;
+            g->actions = bits & now_bits;
         }
-        who->ngrants++;
     }
     e = ERR_OK;
 out:
@@ -1016,7 +1045,8 @@ auth_issue_token(auth *a, const struct auth_principal *who, const char *service,
             continue;
         buf acts = BUF_INIT;
         if (!strcmp(type, "registry") && !strcmp(name, "catalog")) {
-            if (auth_allows(a, who, NULL, ACT_METADATA) || auth_allows(a, who, NULL, ACT_ADMIN))
+            /* filtered at use to the repositories the identity may read then */
+            if (!who->anonymous)
                 buf_adds(&acts, "\"*\"");
         } else if (!strcmp(type, "repository") && ref_name_valid(slice_of_cstr(name))) {
             const char *p = c2 + 1;
@@ -1080,6 +1110,8 @@ auth_challenge(const auth *a, const char *repo, unsigned actions, bool insuffici
         return;
     }
     char acts[128] = "";
+    if (actions & ACT_READ)
+        actions |= ACT_PULL;
     auth_actions_str(actions & (ACT_PULL | ACT_PUSH | ACT_DELETE), acts, sizeof acts);
     if (repo && acts[0])
         snprintf(out, n, "Bearer realm=\"%s\",service=\"%s\",scope=\"repository:%s:%s\"%s",

@@ -28,6 +28,8 @@ enum auth_mode { AUTH_NONE = 0, AUTH_BASIC = 1, AUTH_TOKEN = 2 };
 #define ACT_IMPORT 16u
 #define ACT_ADMIN 32u
 #define ACT_ALL 63u
+/* ACT_READ is asked, never granted: pull or metadata_read (tag lists, locate). */
+#define ACT_READ 64u
 
 #define AUTH_MAX_GRANTS 32
 

@@ -90,6 +90,8 @@ struct list_out {
     size_t count;
     char last[REF_NAME_MAX + 1];
     struct http_req *filter; /* catalog: only repositories the client may read */
+    size_t limit;            /* catalog: names per page */
+    bool more;               /* catalog: a readable name follows the page */
 };
 
 static bool
@@ -102,10 +104,13 @@ on_list_item(void *arg, slice key, slice value)
         struct node *nd = o->filter->app;
         char repo[REF_NAME_MAX + 1];
         str_copy_slice(repo, sizeof repo, key);
-        str_copy(o->last, sizeof o->last, repo);
-        if (who && !auth_allows(nd->auth, who, repo, ACT_PULL) &&
-            !auth_allows(nd->auth, who, repo, ACT_METADATA))
+        /* an unreadable name is skipped without a trace: not in the page, not in last= */
+        if (who && !auth_allows(nd->auth, who, repo, ACT_READ))
             return true;
+        if (o->count == o->limit) {
+            o->more = true;
+            return false;
+        }
     }
     if (o->count++)
         buf_addc(o->b, ',');
@@ -143,10 +148,13 @@ h_catalog(struct http_req *r, bool nowait)
         return ERR_OK;
     }
     buf b = BUF_INIT;
-    struct list_out o = {.b = &b, .filter = r};
+    struct list_out o = {.b = &b, .filter = r, .limit = n};
     buf_adds(&b, "{\"repositories\":[");
-    err e = n ? store_catalog_list(nd->store, has_last ? last : NULL, n, on_list_item, &o, &more)
+    /* the page is n readable names: the scan goes on past the ones the client may not see */
+    err e = n ? store_catalog_list(nd->store, has_last ? last : NULL, SIZE_MAX, on_list_item, &o,
+                                   NULL)
               : ERR_OK;
+    more = o.more;
     if (e) {
         buf_release(&b);
         http_resp_error(r, e, NULL, NULL);
@@ -1134,7 +1142,7 @@ authorize_v2(struct http_req *r)
         login = true;
         break;
     case R_TAGS:
-        act = ACT_PULL;
+        act = ACT_READ;
         break;
     case R_MANIFEST:
     case R_BLOB:

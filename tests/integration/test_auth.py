@@ -461,13 +461,19 @@ def test_forged_and_resigned_jwt_refused(tnode, tmp_path):
     for what, t in forged.items():
         r = get_manifest(As(tnode, token=t, src=src), b_repo, "1")
         assert r.status == 401 and r.error_codes() == ["UNAUTHORIZED"], (what, r)
-    # a changed payload re-signed with the node's real key is accepted: the
-    # refusals above are the signature check, not an encoding mistake of ours
+    # a changed payload re-signed with the node's real key passes the signature
+    # check but still grants only what the identity holds now (issue 8 §2): b_repo
+    # is refused as insufficient scope, while a re-signed token for a_repo works, so
+    # the refusals above are the signature check, not an encoding mistake of ours
     control = jwt_sign(hdr, evil, real_key)
     r = get_manifest(As(tnode, token=control, src=src), b_repo, "1")
+    assert r.status == 401 and "does not grant" in r.json()["errors"][0]["message"], r
+    control2 = jwt_sign(hdr, dict(claims, jti="resigned"), real_key)
+    r = get_manifest(As(tnode, token=control2, src=src), a_repo, "1")
     assert r.status == 200, r
     got = [(e["action"], e["status"], e["actor"]) for e in audit_all(tnode) if e["addr"] == src]
-    assert got == [("login", 401, "-")] * len(forged) + [("pull", 200, creds[0])], got
+    assert got == [("login", 401, "-")] * len(forged) + [("denied", 401, creds[0]),
+                                                         ("pull", 200, creds[0])], got
 
 
 def test_token_for_another_service_refused(make_node):
@@ -1066,3 +1072,118 @@ def test_cli_users_and_tokens(tnode, tmp_path):
                        (tname, "revoke"), (bob, "disable"), (bob, "enable"),
                        (alice, "deleted")], changes
     assert_not_logged(tnode, secret, bob_secret, sp_secret, "alice-password-" + x)
+
+
+# --------------------------------------------------------------------------
+# issue 8 §2: grants mean exactly what they say
+
+def test_scoped_admin_is_not_registry_admin(tnode):
+    """team-a/**:admin administers team-a, not the registry: no users, no audit log."""
+    x = uid()
+    create_identity(tnode, "user", "sa-" + x, scopes=["t8a-%s/**:admin" % x], password="pw-" + x)
+    me = ("sa-" + x, "pw-" + x)
+    body = json.dumps({"name": "evil-" + x, "roles": ["admin"], "scopes": ["**:admin"],
+                       "password": "x" * 12}).encode()
+    r = tnode.req("POST", "/_georeg/v1/users", body=body,
+                  headers={"Content-Type": "application/json"}, auth=me)
+    assert r.status == 403, r
+    assert tnode.req("GET", "/_georeg/v1/audit", auth=me).status == 403
+    assert tnode.req("GET", "/_georeg/v1/users", auth=me).status == 403
+    # a "*" repository-scoped grant neither
+    create_identity(tnode, "user", "ss-" + x, scopes=["t8a-%s/**:*" % x], password="pw-" + x)
+    assert tnode.req("GET", "/_georeg/v1/users", auth=("ss-" + x, "pw-" + x)).status == 403
+    # the built-in admin still is
+    assert tnode.req("GET", "/_georeg/v1/users", auth=tnode.admin).status == 200
+
+
+def test_catalog_same_through_basic_and_bearer(tnode):
+    x = uid()
+    adm = As(tnode, tnode.admin)
+    mine, others = ["t8c-%s/app" % x], ["t8c-%s-fin/payroll" % x, "t8c-%s-b/secret" % x]
+    for repo in mine + others:
+        make_image(adm, repo, "1", layers=1)
+    name, pw = "cat-" + x, "pw-" + x
+    create_identity(tnode, "user", name, scopes=["t8c-%s/**:pull" % x], password=pw)
+    r = tnode.req("GET", "/v2/_catalog?n=10000", auth=(name, pw))
+    basic_cat = [c for c in r.json()["repositories"] if c.startswith("t8c-%s" % x)]
+    assert basic_cat == mine, basic_cat
+    _, tok = get_token(tnode, ["registry:catalog:*"], creds=(name, pw))
+    r = tnode.req("GET", "/v2/_catalog?n=10000", token=tok)
+    assert r.status == 200, r
+    bearer_cat = [c for c in r.json()["repositories"] if c.startswith("t8c-")]
+    assert bearer_cat == mine, bearer_cat
+    # the bearer catalog token pulls nothing
+    r = tnode.req("GET", "/v2/%s/manifests/1" % mine[0], token=tok)
+    assert r.status == 401, r
+
+
+def test_catalog_paging_does_not_leak(tnode):
+    x = uid()
+    adm = As(tnode, tnode.admin)
+    readable = ["t8p-%s/a%d" % (x, i) for i in range(3)]
+    hidden = ["t8p-%s/b%d" % (x, i) for i in range(3)] + ["t8p-%s/zz" % x]
+    for repo in readable + hidden:
+        make_image(adm, repo, "1", layers=1)
+    name, pw = "pg-" + x, "pw-" + x
+    create_identity(tnode, "user", name, scopes=["t8p-%s/a*:pull" % x], password=pw)
+    seen, links = [], []
+    path = "/v2/_catalog?n=1&last=t8p-%s" % x
+    for _ in range(10):
+        r = tnode.req("GET", path, auth=(name, pw))
+        assert r.status == 200, r
+        seen += r.json()["repositories"]
+        link = r.headers.get("Link")
+        if not link:
+            break
+        links.append(link)
+        path = re.search(r"<([^>]+)>", link).group(1)
+    seen = [s for s in seen if s.startswith("t8p-%s/" % x)]
+    assert seen == readable, seen
+    for link in links:
+        for h in hidden:
+            assert h not in link, link
+
+
+def test_metadata_read_lists_tags_and_locates(tnode):
+    x = uid()
+    repo = "t8m-%s/app" % x
+    make_image(As(tnode, tnode.admin), repo, "1", layers=1)
+    name, pw = "md-" + x, "pw-" + x
+    create_identity(tnode, "user", name, scopes=["t8m-%s/**:metadata_read" % x], password=pw)
+    r = tnode.req("GET", "/v2/%s/tags/list" % repo, auth=(name, pw))
+    assert r.status == 200 and r.json()["tags"] == ["1"], r
+    r = tnode.req("GET", "/_georeg/v1/locate/%s/manifests/1" % repo, auth=(name, pw))
+    assert r.status != 403 and r.status != 401, r
+    # metadata_read is not pull
+    r = tnode.req("GET", "/v2/%s/manifests/1" % repo, auth=(name, pw))
+    assert r.status == 403, r
+
+
+def test_token_loses_rights_when_identity_narrowed(tnode):
+    x = uid()
+    repo = "t8n-%s/app" % x
+    make_image(As(tnode, tnode.admin), repo, "1", layers=1)
+    name, pw = "nar-" + x, "pw-" + x
+    create_identity(tnode, "user", name, scopes=["t8n-%s/**:pull" % x], password=pw)
+    _, tok = get_token(tnode, ["repository:%s:pull" % repo], creds=(name, pw))
+    assert tnode.req("GET", "/v2/%s/manifests/1" % repo, token=tok).status == 200
+    # narrow the user: delete it and create it again with other grants (POST replaces)
+    assert tnode.req("DELETE", "/_georeg/v1/users/" + name, auth=tnode.admin).status in (200, 204)
+    create_identity(tnode, "user", name, scopes=["elsewhere/**:pull"], password=pw)
+    r = tnode.req("GET", "/v2/%s/manifests/1" % repo, token=tok)
+    assert r.status == 401, r
+
+
+def test_one_message_for_every_failed_login(make_node):
+    n = make_node("onemsg")
+    x = uid()
+    create_identity(n, "user", "dis-" + x, scopes=["**:pull"], password="pw-dis-" + x)
+    r = n.req("POST", "/_georeg/v1/users/dis-%s/disable" % x, auth=n.admin)
+    assert r.status in (200, 204), r
+    msgs = set()
+    for user, pw in (("nobody-" + x, "wrong"), ("dis-" + x, "wrong"),
+                     ("dis-" + x, "pw-dis-" + x), ("admin", "wrong")):
+        r = n.req("GET", "/v2/", auth=(user, pw), src=new_src())
+        assert r.status == 401, r
+        msgs.add(r.json()["errors"][0]["message"])
+    assert len(msgs) == 1, msgs
