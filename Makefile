@@ -92,7 +92,7 @@ unit-bins: $(UNIT_BIN)
 # ---- running ----
 run: all
 	@mkdir -p var
-	$(BUILD)/georeg serve --listen 127.0.0.1:5000 --data ./var --name local
+	$(BUILD)/georeg serve --listen 127.0.0.1:5000 --data ./var --name local --auth none
 
 cluster: all
 	bash scripts/cluster.sh start

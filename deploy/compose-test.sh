@@ -81,11 +81,11 @@ cleanup() {
     if [ "$started" = 1 ]; then
         if [ $rc -ne 0 ]; then
             say "---- on failure: primary replication status and node logs ----"
-            curl -s -m 3 "http://$EU/_georeg/v1/replication" | jq -c '.replicas[]? |
+            authcurl -s -m 3 "http://$EU/_georeg/v1/replication" | jq -c '.replicas[]? |
                 {name, state, acked_seq, lag_events, lag_bytes, lag_seconds, last_error}' 2>/dev/null
             {
                 echo "== GET http://$EU/_georeg/v1/replication"
-                curl -s -m 3 "http://$EU/_georeg/v1/replication"
+                authcurl -s -m 3 "http://$EU/_georeg/v1/replication"
                 for n in us-east ap-south; do
                     echo; echo "== $n: docker inspect networks"
                     docker inspect -f '{{json .NetworkSettings.Networks}}' "$(compose ps -q $n)"
@@ -157,11 +157,15 @@ make_image() {
 }
 
 sk() { skopeo --insecure-policy "$@"; }
+# every region runs token auth (deploy/config/*.yaml); the built-in admin's password
+# is written by the bring-up below
+CREDS=""
+authcurl() { curl -u "$CREDS" "$@"; }
 
 # push LAYOUT REPO:TAG EXPECTED_DIGEST: skopeo copy to the primary
 push() {
     local out
-    out=$(sk copy --quiet --dest-tls-verify=false --digestfile "$work/digest" \
+    out=$(sk copy --quiet --dest-tls-verify=false --dest-creds "$CREDS" --digestfile "$work/digest" \
         "oci:$1:latest" "docker://$EU/$2" 2>&1) || fail "skopeo push of $2 to eu-west: $out"
     [ "$(cat "$work/digest")" = "$3" ] ||
         fail "push of $2: registry digest $(cat "$work/digest") != local $3"
@@ -173,7 +177,7 @@ push() {
 pull_check() {
     local dest="$work/pull-$2-${3//[:\/]/_}" out got
     rm -rf "$dest"
-    out=$(sk copy --quiet --src-tls-verify=false "docker://$1/$3" "oci:$dest:latest" 2>&1) ||
+    out=$(sk copy --quiet --src-tls-verify=false --src-creds "$CREDS" "docker://$1/$3" "oci:$dest:latest" 2>&1) ||
         fail "skopeo pull of $3 from $2: $out"
     got=$(jq -r '.manifests[0].digest' "$dest/index.json")
     [ "$got" = "$4" ] || fail "$3 from $2: digest $got, pushed $4"
@@ -188,7 +192,7 @@ wait_regions() {
         >"$work/wait.out" 2>&1 || fail "georeg wait $1 --regions $2: $(cat "$work/wait.out")"
 }
 
-repl_json() { curl -sf -m 5 "http://$EU/_georeg/v1/replication"; }
+repl_json() { authcurl -sf -m 5 "http://$EU/_georeg/v1/replication"; }
 # replica NAME: that replica's entry on the primary, one line of JSON
 replica() { repl_json | jq -c --arg n "$1" '.replicas[] | select(.name == $n)'; }
 show() {
@@ -199,7 +203,7 @@ show() {
 http_code() {
     local u="$1"
     shift
-    curl -s -m 5 -o "$work/body" -w '%{http_code}' "$@" "$u"
+    authcurl -s -m 5 -o "$work/body" -w '%{http_code}' "$@" "$u"
 }
 
 # ---------------------------------------------------------------- bring-up
@@ -211,6 +215,11 @@ make -C "$root" --no-print-directory all >"$work/make.log" 2>&1 ||
 bash "$root/deploy/build-image.sh" "$GEOREG_IMAGE" || fail "image build"
 bash "$root/scripts/gen-certs.sh" "$GEOREG_TLS_DIR" eu-west us-east ap-south ||
     fail "certificates"
+# the built-in admin's password, mounted read-only into every region
+(umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$GEOREG_TLS_DIR/admin.pw") ||
+    fail "admin password file"
+CREDS="admin:$(cat "$GEOREG_TLS_DIR/admin.pw")"
+export GEOREG_USER=admin GEOREG_PASSWORD="${CREDS#admin:}" # for build/georeg wait
 
 started=1
 compose up -d >"$work/up.log" 2>&1 || { cat "$work/up.log"; fail "${dc[*]} up"; }
@@ -225,6 +234,18 @@ for hp in "eu-west $EU" "us-east $US" "ap-south $AP"; do
     [ $ok = 1 ] || fail "$1 not ready on http://$2/readyz within 30 s"
 done
 pass "all three regions answer /readyz"
+
+# secure by default: no credentials, no access; the challenge names the region's own realm
+for hp in "eu-west $EU" "us-east $US" "ap-south $AP"; do
+    set -- $hp
+    hdr=$(curl -s -m 5 -o /dev/null -D - "http://$2/v2/" | tr -d '\r')
+    grep -q '^HTTP/1.1 401' <<<"$hdr" || fail "$1: anonymous GET /v2/ is not 401: $hdr"
+    grep -qi "^www-authenticate: Bearer realm=\"http://$2/_georeg/v1/token\"" <<<"$hdr" ||
+        fail "$1: challenge does not name http://$2/_georeg/v1/token: $hdr"
+    code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' -u "admin:wrong-password" "http://$2/v2/")
+    [ "$code" = 401 ] || fail "$1: a wrong admin password answers $code"
+done
+pass "token auth on every region: anonymous and wrong-password requests get 401 with the region's realm"
 
 # the primary must see both secondaries over mutual TLS before we go on
 for _ in $(seq 100); do # 20 s
@@ -278,12 +299,12 @@ done
 layer=$(jq -r '.layers[0].digest' "$work/img-blobs/${dev1#sha256:}")
 code=$(http_code "http://$AP/v2/dev/tool/blobs/$layer" -I)
 [ "$code" = 404 ] || fail "ap-south serves dev/tool's layer (HTTP $code)"
-catalog=$(curl -sf -m 5 "http://$AP/v2/_catalog") || fail "ap-south catalog"
+catalog=$(authcurl -sf -m 5 "http://$AP/v2/_catalog") || fail "ap-south catalog"
 jq -e '.repositories | index("prod/app")' <<<"$catalog" >/dev/null ||
     fail "ap-south catalog lacks prod/app: $catalog"
 jq -e '(.repositories | index("dev/tool")) == null and (.repositories | index("prod/tmp-build")) == null' \
     <<<"$catalog" >/dev/null || fail "ap-south catalog has filtered repositories: $catalog"
-us_catalog=$(curl -sf -m 5 "http://$US/v2/_catalog")
+us_catalog=$(authcurl -sf -m 5 "http://$US/v2/_catalog")
 jq -e '(.repositories | index("dev/tool")) != null and (.repositories | index("prod/tmp-build")) != null' \
     <<<"$us_catalog" >/dev/null || fail "us-east catalog lacks dev/tool or prod/tmp-build: $us_catalog"
 pass "filters: dev/tool and prod/tmp-build are on us-east, not on ap-south (catalog $(jq -c .repositories <<<"$catalog"))"
@@ -345,7 +366,7 @@ pass "us-east lag grows while cut off: events $(jq .lag_events <<<"$before") -> 
 wait_regions prod/app:2 ap-south 20
 wait_regions base/alpine:1 ap-south 20
 pass "ap-south keeps receiving while us-east is cut off (prod/app:2, base/alpine:1)"
-sec=$(curl -sf -m 5 "http://$US/_georeg/v1/replication" | jq -c '{state, applied_seq, primary_head_seq, lag_events, staleness_seconds}')
+sec=$(authcurl -sf -m 5 "http://$US/_georeg/v1/replication" | jq -c '{state, applied_seq, primary_head_seq, lag_events, staleness_seconds}')
 say "  us-east's own view: $sec"
 pull_check "$US" us-east prod/app:1 "$app1"
 code=$(http_code "http://$US/v2/prod/app/manifests/2" -I -H 'Accept: application/vnd.oci.image.manifest.v1+json')

@@ -1227,3 +1227,23 @@ auth_record_valid(const char *name, slice v, const char **why)
     }
     return true;
 }
+
+size_t
+auth_registry_admins(const auth *a)
+{
+    size_t n = a->have_admin && a->admin_enabled ? 1 : 0;
+    uint64_t t = now_s();
+    pthread_rwlock_rdlock((pthread_rwlock_t *)&a->lock);
+    for (size_t i = 0; i < a->nids; i++) {
+        const struct identity *id = &a->ids[i];
+        if (id->disabled || (id->expires && id->expires <= t))
+            continue;
+        for (size_t g = 0; g < id->ngrants; g++)
+            if (strcmp(id->grants[g].glob, "**") == 0 && (id->grants[g].actions & ACT_ADMIN)) {
+                n++;
+                break;
+            }
+    }
+    pthread_rwlock_unlock((pthread_rwlock_t *)&a->lock);
+    return n;
+}

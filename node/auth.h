@@ -65,6 +65,10 @@ struct auth_options {
 err auth_new(store *s, const struct auth_options *o, auth **out);
 void auth_free(auth *a);
 enum auth_mode auth_get_mode(const auth *a);
+/* auth_registry_admins counts the identities that can administer the whole registry
+ * (an enabled built-in admin, identities with "**" admin that are neither disabled
+ * nor expired). */
+size_t auth_registry_admins(const auth *a);
 
 /* auth_parse_actions parses "pull,push,delete,metadata_read,import,admin" (or role
  * names) into ACT_* bits; false on an unknown word. */

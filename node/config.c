@@ -238,6 +238,7 @@ static const struct key keys[] = {
     {"replication.heartbeat", K_DUR, F(repl_heartbeat_ms)},
     {"replication.epoch", K_INT, F(repl_min_epoch)},
     {"auth.mode", K_AUTH, F(auth_mode)},
+    {"auth.allow_none_off_loopback", K_BOOL, F(allow_none_off_loopback)},
     {"auth.service", K_STR, F(auth_service)},
     {"auth.realm", K_STR, F(auth_realm)},
     {"auth.admin_password_file", K_STR, F(admin_password_file)},
@@ -341,6 +342,18 @@ list_clear(struct cfg_globs *g)
     g->n = 0;
 }
 
+int
+cfg_parse_auth_mode(const char *v)
+{
+    if (strcmp(v, "none") == 0)
+        return 0;
+    if (strcmp(v, "basic") == 0)
+        return 1;
+    if (strcmp(v, "token") == 0)
+        return 2;
+    return -1;
+}
+
 /* set_key reads one key (env first, then file) into base+k->off. */
 static err
 set_key(const struct key *k, const char *path, const struct flat *f, void *base, char *why,
@@ -434,14 +447,8 @@ set_key(const struct key *k, const char *path, const struct flat *f, void *base,
             ok = false;
         break;
     case K_AUTH:
-        if (strcmp(v, "none") == 0)
-            *(int *)field = 0;
-        else if (strcmp(v, "basic") == 0)
-            *(int *)field = 1;
-        else if (strcmp(v, "token") == 0)
-            *(int *)field = 2;
-        else
-            ok = false;
+        *(int *)field = cfg_parse_auth_mode(v);
+        ok = *(int *)field >= 0;
         break;
     case K_LEVEL: {
         int l = log_level_parse(v);
@@ -519,6 +526,7 @@ cfg_defaults(struct cfg *c)
     c->admin_enabled = true;
     c->http_enabled = true;
     c->token_ttl_ms = 300000;
+    c->auth_mode = -1; /* no default: none must be chosen, never fallen into */
     c->audit_retention_ms = 30ull * 86400 * 1000;
 }
 
@@ -599,6 +607,15 @@ out:
     return e;
 }
 
+/* loopback_listen: a listen address only this machine can reach (127.x, localhost,
+ * [::1]); 0.0.0.0, [::] and every other address are not. */
+static bool
+loopback_listen(const char *a)
+{
+    return strncmp(a, "127.", 4) == 0 || strncmp(a, "localhost:", 10) == 0 ||
+           strncmp(a, "[::1]:", 6) == 0;
+}
+
 err
 cfg_validate(const struct cfg *c, char *why, size_t why_len)
 {
@@ -607,13 +624,34 @@ cfg_validate(const struct cfg *c, char *why, size_t why_len)
     const char *plain = c->http_enabled && !c->http_tls.cert[0] ? c->listen : NULL;
     if (!plain && c->private_listen[0] && !c->private_tls.cert[0])
         plain = c->private_listen;
-    if (plain && !c->http_insecure && strncmp(plain, "127.", 4) != 0 &&
-        strncmp(plain, "localhost:", 10) != 0 && strncmp(plain, "[::1]:", 6) != 0) {
+    if (plain && !c->http_insecure && !loopback_listen(plain)) {
         snprintf(why, why_len,
                  "plain HTTP on %s: set http.tls (or http.insecure: true to allow plain HTTP)",
                  plain);
         e = ERR_CONFIG;
         return e;
+    }
+    if (c->auth_mode < 0) {
+        snprintf(why, why_len,
+                 "auth.mode is not set: choose token, basic or none (none: development "
+                 "only, on loopback; GEOREG_AUTH_MODE or --auth set it too)");
+        return ERR_CONFIG;
+    }
+    /* nobody authenticated on an address others can reach: only when asked for twice */
+    if (c->auth_mode == 0 && !c->allow_none_off_loopback) {
+        const char *open_at = NULL;
+        if (c->http_enabled && !loopback_listen(c->listen))
+            open_at = c->listen;
+        else if (c->private_listen[0] && !loopback_listen(c->private_listen))
+            open_at = c->private_listen;
+        if (open_at) {
+            snprintf(why, why_len,
+                     "auth.mode none on %s, which is not loopback: anyone who reaches it may "
+                     "push and delete. Use token or basic, or also set "
+                     "auth.allow_none_off_loopback: true",
+                     open_at);
+            return ERR_CONFIG;
+        }
     }
     return e;
 }

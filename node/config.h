@@ -83,7 +83,8 @@ struct cfg {
     size_t nreplicas;
 
     /* auth */
-    int auth_mode; /* enum auth_mode */
+    int auth_mode; /* enum auth_mode; -1 until stated (auth.mode is required) */
+    bool allow_none_off_loopback; /* auth.mode none on a non-loopback listener */
     char auth_service[128];
     char auth_realm[512];
     char admin_password_file[1024];
@@ -95,6 +96,8 @@ struct cfg {
     uint64_t audit_retention_ms;
 };
 
+/* cfg_parse_auth_mode: "none" 0, "basic" 1, "token" 2 (enum auth_mode); -1 otherwise. */
+int cfg_parse_auth_mode(const char *v);
 /* cfg_defaults fills c with the built-in defaults. */
 void cfg_defaults(struct cfg *c);
 /* cfg_load reads path (NULL: no file) over c, then the environment. On error *why

@@ -26,6 +26,7 @@ usage(FILE *f)
             "usage: georeg <command> [options]\n"
             "\n"
             "  serve  [--config FILE] [--listen HOST:PORT] [--data DIR] [--name NAME]\n"
+            "         [--auth token|basic|none]\n"
             "         run a node (every config key can also come from GEOREG_* variables)\n"
             "  status [--url URL] [--json]             node and replication state\n"
             "  lag    [--url URL] [--json]             replication lag per replica\n"
@@ -45,7 +46,7 @@ usage(FILE *f)
 static int
 cmd_serve(int argc, char **argv)
 {
-    const char *config = NULL, *listen = NULL, *data = NULL, *name = NULL;
+    const char *config = NULL, *listen = NULL, *data = NULL, *name = NULL, *mode = NULL;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -57,6 +58,8 @@ cmd_serve(int argc, char **argv)
             data = v, i++;
         else if (!strcmp(a, "--name") && v)
             name = v, i++;
+        else if (!strcmp(a, "--auth") && v)
+            mode = v, i++;
         else {
             fprintf(stderr, "georeg serve: unknown or incomplete option %s\n", a);
             usage(stderr);
@@ -76,6 +79,11 @@ cmd_serve(int argc, char **argv)
         str_copy(cfg.data_dir, sizeof cfg.data_dir, data);
     if (name)
         str_copy(cfg.name, sizeof cfg.name, name);
+    if (mode && (cfg.auth_mode = cfg_parse_auth_mode(mode)) < 0) {
+        fprintf(stderr, "georeg: --auth %s: expected token, basic or none\n", mode);
+        cfg_release(&cfg);
+        return 2;
+    }
     if (cfg_validate(&cfg, why, sizeof why)) {
         fprintf(stderr, "georeg: config: %s\n", why);
         cfg_release(&cfg);

@@ -122,7 +122,15 @@ open_auth(struct node *n)
     if (o.mode == AUTH_NONE)
         log_warn("AUTH-NONE", "msg=\"auth.mode is none: anyone who reaches this node may push "
                               "and delete (development only)\"");
-    return auth_new(n->store, &o, &n->auth);
+    err e = auth_new(n->store, &o, &n->auth);
+    if (!e && o.mode != AUTH_NONE && auth_registry_admins(n->auth) == 0)
+        log_warn("AUTH-NO-ADMIN",
+                 "msg=\"auth.mode is %s but no identity can administer the registry: set "
+                 "auth.admin_password_file (the built-in admin) or create one with a '**' "
+                 "admin grant%s\"",
+                 o.mode == AUTH_TOKEN ? "token" : "basic",
+                 c->primary ? "" : " on the primary (it arrives by replication)");
+    return e;
 }
 
 static void

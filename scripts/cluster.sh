@@ -18,6 +18,7 @@ write_configs() {
     cat > "$dir/eu-west.yaml" <<YAML
 node: {name: eu-west, data_dir: $dir/eu-west}
 http: {listen: 127.0.0.1:$base, public_url: "http://127.0.0.1:$base"}
+auth: {mode: none}   # a development cluster on loopback; deploy/config runs token auth
 replication:
   role: primary
   tls: {cert: $dir/tls/eu-west.pem, key: $dir/tls/eu-west.key, ca: $dir/tls/ca.pem,
@@ -35,6 +36,7 @@ YAML
         cat > "$dir/$n.yaml" <<YAML
 node: {name: $n, data_dir: $dir/$n}
 http: {listen: 127.0.0.1:$((base + i))}
+auth: {mode: none}
 replication:
   role: secondary
   primaries: [eu-west]

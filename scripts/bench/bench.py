@@ -486,7 +486,8 @@ def georeg_env(extra=None):
 def start_georeg(name, data_dir, extra_env=None):
     port = free_port()
     log_path = os.path.join(RUN_DIR, f"{name}.log")
-    argv = [GEOREG, "serve", "--listen", f"127.0.0.1:{port}", "--data", data_dir, "--name", "bench"]
+    argv = [GEOREG, "serve", "--listen", f"127.0.0.1:{port}", "--data", data_dir, "--name", "bench",
+            "--auth", "none"]
     note_cmd("server_georeg", argv, {k: v for k, v in georeg_env(extra_env).items()
                                      if k.startswith("GEOREG_")})
     p = PROCS.start(name, argv, log_path, env=georeg_env(extra_env))
@@ -910,12 +911,13 @@ class Pair:
             f.write(f"node: {{name: us, data_dir: {self.dir}/us}}\n"
                     f"http: {{listen: 127.0.0.1:{self.s_port}}}\n"
                     f"replication: {{role: secondary, listen: \"tcp://127.0.0.1:{self.r_port}\", "
-                    f"insecure: true}}\n")
+                    f"insecure: true}}\nauth: {{mode: none}}\n")
         with open(os.path.join(self.dir, "primary.yaml"), "w") as f:
             f.write(f"node: {{name: eu, data_dir: {self.dir}/eu}}\n"
                     f"http: {{listen: 127.0.0.1:{self.p_port}}}\n"
                     "replication:\n  role: primary\n  insecure: true\n  replicas:\n"
-                    f"    - {{name: us, address: \"tcp://127.0.0.1:{target}\"}}\n")
+                    f"    - {{name: us, address: \"tcp://127.0.0.1:{target}\"}}\n"
+                    "auth: {mode: none}\n")
         for role, port in (("secondary", self.s_port), ("primary", self.p_port)):
             lp = os.path.join(self.dir, f"{role}.log")
             argv = [GEOREG, "serve", "--config", os.path.join(self.dir, f"{role}.yaml")]

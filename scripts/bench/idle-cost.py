@@ -50,7 +50,7 @@ def main():
                GEOREG_HTTP_MAX_CONNECTIONS_PER_ADDRESS="0")
     log = open(os.path.join(work, "log"), "wb")
     p = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:%d" % port, "--data",
-                          os.path.join(work, "d"), "--name", "idle"], stdout=log, stderr=log,
+                          os.path.join(work, "d"), "--name", "idle", "--auth", "none"], stdout=log, stderr=log,
                          env=env)
     socks = []
     try:

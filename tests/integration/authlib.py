@@ -135,6 +135,14 @@ class AuthNode(Node):
         for k, v in self.sections.items():
             if k not in ("node", "http"):
                 cfg[k] = v
+        # auth.mode has no default (issue 8 §9): a node without an auth section says none
+        auth = dict(cfg.get("auth", {}))
+        if "mode" not in auth:
+            auth["mode"] = "none"
+            # a test of another listener (e.g. dual-stack [::]) opts in to none there too
+            if not http_sec["listen"].startswith(("127.", "localhost:", "[::1]:")):
+                auth.setdefault("allow_none_off_loopback", True)
+        cfg["auth"] = auth
         with open(self.config_path, "w") as f:
             f.write("# written by tests/integration/authlib.py\n" + to_yaml(cfg))
         return [itlib.GEOREG_BIN, "serve", "--config", self.config_path]

@@ -94,6 +94,7 @@ class RegionNode(Node):
             "node": {"name": self.name, "data_dir": self.data_dir, "log_level": "info"},
             "http": dict({"listen": self.host}, **self.http_extra),
             "replication": self.repl,
+            "auth": {"mode": "none"},
         }
         with open(self.config_path, "w") as f:
             f.write("# written by tests/integration/cluster.py\n" + to_yaml(cfg))

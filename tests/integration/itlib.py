@@ -265,11 +265,15 @@ class Node:
                 f.write("# written by the integration tests\n"
                         "node:\n  name: %s\n  data_dir: %s\n"
                         "http:\n  listen: %s\n"
+                        "auth:\n  mode: %s\n  allow_none_off_loopback: %s\n"
                         % (self.name, self.data_dir,
-                           self.config.get("listen", "127.0.0.1:%d" % self.port)))
+                           self.config.get("listen", "127.0.0.1:%d" % self.port),
+                           self.config.get("auth_mode", "none"),
+                           "false" if self.config.get("listen", "127.").strip('"').startswith(
+                               ("127.", "localhost:", "[::1]:")) else "true"))
             return [GEOREG_BIN, "serve", "--config", cfg]
         return [GEOREG_BIN, "serve", "--listen", "127.0.0.1:%d" % self.port,
-                "--data", self.data_dir, "--name", self.name]
+                "--data", self.data_dir, "--name", self.name, "--auth", "none"]
 
     def start(self, timeout=START_TIMEOUT):
         assert not self.running(), "already running"

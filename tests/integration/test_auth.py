@@ -1187,3 +1187,38 @@ def test_one_message_for_every_failed_login(make_node):
         assert r.status == 401, r
         msgs.add(r.json()["errors"][0]["message"])
     assert len(msgs) == 1, msgs
+
+
+def test_import_action_is_exactly_pull_and_push(tnode):
+    """`import` (documented: pull and push of the repository, mounts included) grants
+    neither delete, nor other repositories, nor registry-wide rights."""
+    x = uid()
+    src, dst, other = "t8i-%s/src" % x, "t8i-%s/dst" % x, "t8i-%s-other/app" % x
+    adm = As(tnode, tnode.admin)
+    img = make_image(adm, src, "1", layers=1)
+    make_image(adm, other, "1", layers=1)
+    layer = next(d for d, b in img["blobs"].items() if len(b) == 4096)
+    name, pw = "imp-" + x, "pw-" + x
+    create_identity(tnode, "user", name, scopes=["t8i-%s/**:import" % x], password=pw)
+    me = As(tnode, (name, pw))
+    # pull and push
+    assert tnode.req("GET", "/v2/%s/manifests/1" % src, auth=(name, pw),
+                     headers={"Accept": MT_OCI_MANIFEST}).status == 200
+    make_image(me, dst, "1", layers=1)
+    # a cross-repository mount between repositories it may import into
+    r = tnode.req("POST", "/v2/%s/blobs/uploads/?mount=%s&from=%s" % (dst, layer, src),
+                  auth=(name, pw))
+    assert r.status == 201, r
+    # ... but not from one it may not read: an ordinary upload session (202), no blob
+    lo = json.loads(get_manifest(adm, other, "1").body)["layers"][0]["digest"]
+    r = tnode.req("POST", "/v2/%s/blobs/uploads/?mount=%s&from=%s" % (dst, lo, other),
+                  auth=(name, pw))
+    assert r.status == 202, r
+    assert tnode.req("HEAD", "/v2/%s/blobs/%s" % (dst, lo), auth=(name, pw)).status == 404
+    # no delete, no other repository, no registry-wide rights
+    assert tnode.req("DELETE", "/v2/%s/manifests/%s" % (src, img["digest"]),
+                     auth=(name, pw)).status == 403
+    assert tnode.req("GET", "/v2/%s/manifests/1" % other, auth=(name, pw),
+                     headers={"Accept": MT_OCI_MANIFEST}).status == 403
+    assert tnode.req("GET", "/_georeg/v1/users", auth=(name, pw)).status == 403
+    assert tnode.req("GET", "/_georeg/v1/audit", auth=(name, pw)).status == 403

@@ -265,7 +265,7 @@ def test_second_node_on_a_busy_port_fails_with_address_in_use(node, tmp_path):
     data = tmp_path / "second"
     data.mkdir()
     p = subprocess.Popen([GEOREG_BIN, "serve", "--listen", "127.0.0.1:%d" % node.port,
-                          "--data", str(data / "d"), "--name", "second"],
+                          "--data", str(data / "d"), "--name", "second", "--auth", "none"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _, err = p.communicate(timeout=START_TIMEOUT)
