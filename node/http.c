@@ -899,10 +899,24 @@ req_log(struct conn *c, uint64_t bytes)
     const char *method = parsed ? llhttp_method_name((llhttp_method_t)c->parser.method) : "-";
     slice path = parsed ? r->path : (slice){"-", 1};
     const char *actor = parsed && srv->cfg.actor_of ? srv->cfg.actor_of(r) : "-";
+    /* the target as the client sent it, but one log line: quote, backslash, controls
+     * and non-ASCII bytes are written %XX, at most 512 bytes of it */
+    char esc[512 * 3 + 1];
+    size_t j = 0;
+    for (size_t i = 0; i < path.len && i < 512; i++) {
+        unsigned char ch = (unsigned char)path.ptr[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '"' || ch == '\\') {
+            snprintf(esc + j, 4, "%%%02X", ch);
+            j += 3;
+        } else {
+            esc[j++] = (char)ch;
+        }
+    }
+    esc[j] = '\0';
     log_write(lvl, "HTTP-REQ",
-              "method=%s path=\"%.*s\" status=%d bytes=%llu ms=%llu actor=%s request_id=%s "
+              "method=%s path=\"%s\" status=%d bytes=%llu ms=%llu actor=%s request_id=%s "
               "peer=%s listener=%s",
-              method, (int)(path.len > 512 ? 512 : path.len), path.ptr, r->resp.status,
+              method, esc, r->resp.status,
               (unsigned long long)bytes, (unsigned long long)ms, actor ? actor : "-",
               r->request_id, r->peer, r->listener);
 }

@@ -399,6 +399,16 @@ def test_request_log_and_request_id(node_factory):
     for key in ("event=HTTP-REQ", "method=GET", 'path="/v2/nope/manifests/latest"',
                 "status=404", "bytes=", "ms=", "actor=-"):
         assert key in line, line
+    # a target with a quote, a backslash and bytes beyond ASCII stays one escaped field
+    import socket
+    with socket.create_connection(("127.0.0.1", n.port), timeout=10) as s:
+        s.sendall(b'GET /v2/x"y\\z/\xc3\xa9/tags/list?a="b" HTTP/1.1\r\nHost: x\r\n'
+                  b'X-Request-Id: esc-1\r\nConnection: close\r\n\r\n')
+        while s.recv(65536):
+            pass
+    wait_until(lambda: "request_id=esc-1" in tail(n.log_path, 1 << 20), 30, what="escaped line")
+    line = [l for l in tail(n.log_path, 1 << 20).splitlines() if "request_id=esc-1" in l][0]
+    assert 'path="/v2/x%22y%5Cz/%C3%A9/tags/list" ' in line, line
 
 
 def test_request_log_is_off_by_default(node):
