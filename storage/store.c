@@ -757,6 +757,13 @@ store_manifest_put_tags(store *s, const struct store_manifest_put *m, const char
 {
     if (ntags > STORE_MAX_TAGS_PER_PUT)
         return ERR_INVALID;
+    for (size_t i = 0; i < ntags; i++) {
+        if (!tags[i] || !ref_tag_valid(slice_of_cstr(tags[i])))
+            return ERR_INVALID;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(tags[i], tags[j]) == 0)
+                return ERR_INVALID;
+    }
     if (ntags <= 1) {
         struct store_manifest_put one = *m;
         one.tag = ntags ? tags[0] : NULL;

@@ -851,6 +851,88 @@ test_tag_move(void **state)
     listing_free(&l);
 }
 
+/* store_manifest_put_tags (PUT .../manifests/DIGEST?tag=a&tag=b): all tags and one
+ * log event per tag in one batch, or nothing */
+static void
+test_manifest_put_tags(void **state)
+{
+    struct fx *f = *state;
+    struct ev_log *l = ev_log_new();
+    struct listing tl = {0};
+    struct image one, two;
+    push_image(f->s, "mt", "base", 1, &one);
+    push_image(f->s, "mt", NULL, 2, &two);
+    uint64_t head = store_log_head(f->s);
+
+    struct store_manifest_put m = {
+        .repo = "mt",
+        .digest = two.manifest,
+        .media_type = MT_MANIFEST,
+        .body = slice_of_cstr(two.body),
+    };
+    /* three tags, one of them moved from another manifest */
+    const char *tags[] = {"a", "b", "base"};
+    assert_int_equal(store_manifest_put_tags(f->s, &m, tags, 3, NULL), ERR_OK);
+    for (size_t i = 0; i < 3; i++)
+        assert_manifest_is(f->s, "mt", tags[i], two.manifest, MT_MANIFEST, two.body);
+    tags_of(f->s, "mt", &tl);
+    assert_int_equal(tl.n, 3);
+    assert_tag_entry(&tl, 0, "a", two.manifest);
+    assert_tag_entry(&tl, 2, "base", two.manifest);
+    read_log(f->s, head + 1, 100, l);
+    assert_int_equal(l->n, 3);
+    for (size_t i = 0; i < 3; i++)
+        assert_event(&l->ev[i], EV_MANIFEST_PUT, "mt", two.manifest, tags[i]);
+    assert_int_equal(store_log_head(f->s), head + 3);
+
+    /* ntags 0: by digest only, one untagged event */
+    assert_int_equal(store_manifest_put_tags(f->s, &m, NULL, 0, NULL), ERR_OK);
+    read_log(f->s, head + 4, 100, l);
+    assert_int_equal(l->n, 1);
+    assert_event(&l->ev[0], EV_MANIFEST_PUT, "mt", two.manifest, NULL);
+
+    /* refused whole: too many, a duplicate, an invalid tag; nothing changes */
+    uint64_t h2 = store_log_head(f->s);
+    const char *many[STORE_MAX_TAGS_PER_PUT + 1];
+    char names[STORE_MAX_TAGS_PER_PUT + 1][8];
+    for (size_t i = 0; i <= STORE_MAX_TAGS_PER_PUT; i++) {
+        snprintf(names[i], sizeof names[i], "n%zu", i);
+        many[i] = names[i];
+    }
+    assert_int_equal(store_manifest_put_tags(f->s, &m, many, STORE_MAX_TAGS_PER_PUT + 1, NULL),
+                     ERR_INVALID);
+    const char *dup[] = {"c", "d", "c"};
+    assert_int_equal(store_manifest_put_tags(f->s, &m, dup, 3, NULL), ERR_INVALID);
+    const char *bad[] = {"e", "-no"};
+    assert_int_equal(store_manifest_put_tags(f->s, &m, bad, 2, NULL), ERR_INVALID);
+    assert_int_equal(store_log_head(f->s), h2);
+    assert_int_equal(manifest_get_err(f->s, "mt", "c"), ERR_MANIFEST_UNKNOWN);
+    assert_int_equal(manifest_get_err(f->s, "mt", "e"), ERR_MANIFEST_UNKNOWN);
+    assert_int_equal(manifest_get_err(f->s, "mt", "n0"), ERR_MANIFEST_UNKNOWN);
+
+    /* a missing reference refuses every tag */
+    char junk[DIGEST_MAX], missing[DIGEST_MAX] = "";
+    assert_int_equal(digest_of(DIGEST_SHA256, "junk", 4, junk), ERR_OK);
+    struct store_ref refs[1] = {blob_ref(junk, 4)};
+    struct store_manifest_put m2 = m;
+    m2.refs = refs;
+    m2.nrefs = 1;
+    const char *two_tags[] = {"f", "g"};
+    assert_int_equal(store_manifest_put_tags(f->s, &m2, two_tags, 2, missing),
+                     ERR_MANIFEST_BLOB_UNKNOWN);
+    assert_string_equal(missing, junk);
+    assert_int_equal(manifest_get_err(f->s, "mt", "f"), ERR_MANIFEST_UNKNOWN);
+    assert_int_equal(store_log_head(f->s), h2);
+
+    /* after a restart: every tag that was set, the moved one too */
+    fx_reopen(f);
+    for (size_t i = 0; i < 3; i++)
+        assert_manifest_is(f->s, "mt", tags[i], two.manifest, MT_MANIFEST, two.body);
+    assert_manifest_is(f->s, "mt", one.manifest, one.manifest, MT_MANIFEST, one.body);
+    listing_free(&tl);
+    ev_log_free(l);
+}
+
 static void
 test_tag_delete(void **state)
 {
@@ -1988,6 +2070,7 @@ main(void)
         T(test_manifest_put_get),
         T(test_manifest_missing_refs),
         T(test_tag_move),
+        T(test_manifest_put_tags),
         T(test_tag_delete),
         T(test_manifest_delete),
         T(test_referrers),
