@@ -79,7 +79,7 @@ struct conn {
     bool handler_ran;   /* the handler ran for this request and may have parked it */
     const char *bad_detail; /* why a callback refused the request (static) */
     bool addr_counted;  /* counted in the server's per-address table */
-    unsigned char addr_key[16]; /* peer address, IPv4 as v4-mapped IPv6 */
+    unsigned char addr_key[16]; /* peer address (IPv4 as v4-mapped IPv6; IPv6 its /64) */
     uint64_t req_start;  /* loop time the request began (request log) */
     uint64_t park_until; /* CS_PARKED: loop time to re-run the handler */
     uint64_t lingered;
@@ -1543,10 +1543,14 @@ accept_one(struct worker *w, unsigned lidx, int fd, struct sockaddr_storage *ss)
     } else if (ss->ss_family == AF_INET6) {
         const struct in6_addr *a6 = &((struct sockaddr_in6 *)ss)->sin6_addr;
         memcpy(key, a6->s6_addr, 16);
-        if (IN6_IS_ADDR_V4MAPPED(a6)) /* one name per client, whatever the listener */
+        if (IN6_IS_ADDR_V4MAPPED(a6)) { /* one name per client, whatever the listener */
             inet_ntop(AF_INET, a6->s6_addr + 12, peer, sizeof peer);
-        else
+        } else {
             inet_ntop(AF_INET6, a6, peer, sizeof peer);
+            /* one IPv6 client usually holds a whole /64: the cap counts prefixes */
+            if (!IN6_IS_ADDR_LOOPBACK(a6))
+                memset(key + 8, 0, 8);
+        }
     }
     if (!listener_allows(l, ss)) {
         static const char refused[] =
