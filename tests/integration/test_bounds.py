@@ -4,6 +4,7 @@ the event loop, a per-address connection cap, one node per port, requests
 that are not HTTP/1.x refused, IPv4 allow lists on a dual-stack listener, and
 the request log with X-Request-Id."""
 
+import json
 import os
 import re
 import resource
@@ -415,3 +416,85 @@ def test_request_log_is_off_by_default(node):
     node.req("GET", "/v2/", headers={"X-Request-Id": "quiet-1"})
     node.req("GET", "/v2/")  # a second request, so the first one's line would be out
     assert "request_id=quiet-1" not in tail(node.log_path, 1 << 20)
+
+
+# An IPv6 client usually holds a whole /64, so the per-address cap counts prefixes.
+# Other addresses than ::1 need a network of the test's own: a network namespace
+# (iproute2) with its own loopback holding fd00:6:4:1::1, ::2 and fd00:6:4:2::1.
+_V6_CLIENT = r'''
+import json, socket, sys, time
+port, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+def conn(src):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.bind((src, 0))
+    s.connect(("fd00:6:4:1::1", port))
+    s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    out = b""
+    while b"\r\n\r\n" not in out or (b" 200 " in out[:13] and not out.endswith(b"{}")):
+        c = s.recv(4096)
+        if not c:
+            break
+        out += c
+    return s, int(out[9:12]) if out[:5] == b"HTTP/" else 0
+while True:  # the node starts meanwhile
+    try:
+        s, st = conn("fd00:6:4:2::1")
+        s.close()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
+time.sleep(0.5)  # the probe connection's slot is released
+held, res = [], {}
+for i in range(2):
+    s, st = conn("fd00:6:4:1::1")
+    held.append(s)
+    res["same_addr_%d" % i] = st
+s, res["same_64_other_addr"] = conn("fd00:6:4:1::2")
+s.close()
+s, res["other_64"] = conn("fd00:6:4:2::1")
+s.close()
+print(json.dumps(res))
+'''
+
+
+def test_ipv6_clients_are_capped_per_64(tmp_path):
+    ns = "georeg-t-%d" % os.getpid()
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a network namespace (ip netns add) here")
+    node = None
+    try:
+        for cmd in (["link", "set", "lo", "up"],
+                    ["addr", "add", "fd00:6:4:1::1/64", "dev", "lo", "nodad"],
+                    ["addr", "add", "fd00:6:4:1::2/64", "dev", "lo", "nodad"],
+                    ["addr", "add", "fd00:6:4:2::1/64", "dev", "lo", "nodad"]):
+            subprocess.run(["ip", "-n", ns] + cmd, check=True, capture_output=True)
+        port = 5000
+        env = dict(os.environ, GEOREG_HTTP_MAX_CONNECTIONS_PER_ADDRESS="2",
+                   GEOREG_HTTP_INSECURE="true", GEOREG_AUTH_ALLOW_NONE_OFF_LOOPBACK="true")
+        log = open(tmp_path / "node.log", "wb")
+        # ip netns exec execs the program: node.pid is georeg's own PID
+        node = subprocess.Popen(["ip", "netns", "exec", ns, GEOREG_BIN, "serve", "--listen",
+                                 "[::]:%d" % port, "--data", str(tmp_path / "d"), "--auth",
+                                 "none"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env=env)
+        cp = subprocess.run(["ip", "netns", "exec", ns, "/usr/bin/python3", "-c", _V6_CLIENT,
+                             str(port), str(START_TIMEOUT)], capture_output=True, text=True,
+                            timeout=START_TIMEOUT + 60)
+        assert cp.returncode == 0, cp.stderr + open(tmp_path / "node.log").read()
+        res = json.loads(cp.stdout)
+        assert res == {"same_addr_0": 200, "same_addr_1": 200, "same_64_other_addr": 503,
+                       "other_64": 200}, res
+    finally:
+        rc = None
+        if node is not None:
+            node.terminate()
+            try:
+                rc = node.wait(15)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    assert rc == 0, "georeg exited %s after SIGTERM" % rc
