@@ -22,7 +22,7 @@ endif
 COMMON_SRC  := $(wildcard common/*.c)
 STORAGE_SRC := $(wildcard storage/*.c)
 REPL_SRC    := $(wildcard replication/*.c)
-NODE_SRC    := $(filter-out node/main.c,$(wildcard node/*.c))
+NODE_SRC    := $(filter-out node/main.c,$(wildcard node/*.c node/*/*.c))
 # node-llhttp's three sources, named rather than globbed: on a fresh machine the
 # package is installed by the deps stamp after this Makefile was read.
 LLHTTP_SRC  := $(addprefix /usr/share/llhttp/,api.c http.c llhttp.c)

@@ -10,7 +10,7 @@
 #include <nng/nng.h>
 
 #include "../common/log.h"
-#include "cli.h"
+#include "cli/cli.h"
 #include "config.h"
 #include "node.h"
 #include "../common/banned.h"

@@ -11,9 +11,9 @@
 #include <pthread.h>
 
 #include "../storage/store.h"
-#include "auth.h"
+#include "auth/auth.h"
 #include "config.h"
-#include "http.h"
+#include "http/http.h"
 
 struct node_metrics {
     _Atomic uint64_t blob_pulls, blob_pull_bytes, manifest_pulls, manifest_pushes, blob_pushes,

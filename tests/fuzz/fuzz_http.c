@@ -1,4 +1,4 @@
-/* libFuzzer driver for the HTTP server glue (node/http.c): llhttp callbacks, header
+/* libFuzzer driver for the HTTP server glue (node/http/http.c): llhttp callbacks, header
  * assembly and limits, the connection state machine (pause/resume at request
  * boundaries, pipelining, Expect: 100-continue, early answers with lingering
  * close, pre_body steps, sinks and handlers on the thread pool) and response
@@ -52,7 +52,7 @@
 #include <unistd.h>
 
 #include "common/log.h"
-#include "node/http.h"
+#include "node/http/http.h"
 
 
 #define HANG_MS 5000

@@ -69,7 +69,7 @@ repl_refuse(repl *r, enum repl_refusal why, const char *peer, const char *detail
     atomic_fetch_add(&r->refused[why], 1);
 }
 
-/* node/meta_validate.c is not linked either: metadata under id/ goes on to
+/* node/api/meta_validate.c is not linked either: metadata under id/ goes on to
  * store_apply (and its checks below), anything else is refused as the node would. */
 static bool
 fuzz_meta_validate(void *arg, const char *key, const void *val, size_t len, bool del,

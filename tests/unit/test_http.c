@@ -34,7 +34,7 @@
 #include "common/buf.h"
 #include "common/digest.h"
 #include "common/log.h"
-#include "node/http.h"
+#include "node/http/http.h"
 
 #define WATCHDOG_S 20        /* a whole test, including server start and stop */
 #define IO_TIMEOUT_MS 5000   /* any single wait for bytes from the server */

@@ -13,8 +13,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../common/buf.h"
-#include "../common/err.h"
+#include "../../common/buf.h"
+#include "../../common/err.h"
 
 typedef struct http_server http_server;
 struct http_req;

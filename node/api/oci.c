@@ -9,12 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../common/digest.h"
-#include "../common/log.h"
-#include "../common/manifest.h"
-#include "../common/ref.h"
-#include "node.h"
-#include "../common/banned.h"
+#include "../../common/digest.h"
+#include "../../common/log.h"
+#include "../../common/manifest.h"
+#include "../../common/ref.h"
+#include "../node.h"
+#include "../../common/banned.h"
 
 enum route_kind {
     R_BASE,

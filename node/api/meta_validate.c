@@ -5,9 +5,9 @@
  * node/. */
 #include <string.h>
 
-#include "auth.h"
-#include "node.h"
-#include "../common/banned.h"
+#include "../auth/auth.h"
+#include "../node.h"
+#include "../../common/banned.h"
 
 bool
 meta_validate(void *arg, const char *key, const void *val, size_t len, bool del,

@@ -20,10 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../common/digest.h"
-#include "../common/log.h"
-#include "../common/ref.h"
-#include "../common/banned.h"
+#include "../../common/digest.h"
+#include "../../common/log.h"
+#include "../../common/ref.h"
+#include "../../common/banned.h"
 
 #define PBKDF2_ITER 100000
 #define VCACHE_SIZE 256

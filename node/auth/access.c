@@ -7,13 +7,13 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/log.h"
-#include "../common/ref.h"
-#include "../replication/repl.h"
+#include "../../common/log.h"
+#include "../../common/ref.h"
+#include "../../replication/repl.h"
 #include "auth.h"
-#include "config.h"
-#include "node.h"
-#include "../common/banned.h"
+#include "../config.h"
+#include "../node.h"
+#include "../../common/banned.h"
 
 #define AUDIT_QUEUE_MAX (8u << 20) /* bytes of entries waiting for a flush */
 

@@ -10,11 +10,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../common/buf.h"
-#include "../common/digest.h"
-#include "../common/ref.h"
-#include "config.h"
-#include "../common/banned.h"
+#include "../../common/buf.h"
+#include "../../common/digest.h"
+#include "../../common/ref.h"
+#include "../config.h"
+#include "../../common/banned.h"
 
 struct cli_opts {
     const char *url;

@@ -6,12 +6,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../common/log.h"
-#include "../common/ref.h"
-#include "../replication/repl.h"
-#include "config.h"
-#include "node.h"
-#include "../common/banned.h"
+#include "../../common/log.h"
+#include "../../common/ref.h"
+#include "../../replication/repl.h"
+#include "../config.h"
+#include "../node.h"
+#include "../../common/banned.h"
 
 static err
 h_healthz(struct http_req *r, bool nowait)

@@ -12,9 +12,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../common/buf.h"
-#include "../common/err.h"
-#include "../storage/store.h"
+#include "../../common/buf.h"
+#include "../../common/err.h"
+#include "../../storage/store.h"
 
 typedef struct auth auth;
 

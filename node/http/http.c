@@ -23,8 +23,8 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include "../common/log.h"
-#include "../common/banned.h"
+#include "../../common/log.h"
+#include "../../common/banned.h"
 
 #define READ_BUF_SIZE (256u << 10)
 #define SINK_CHUNK (1u << 20)     /* body bytes handed to the pool per write */
