@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Go-based client tools that the integration tests drive
-# (currently: oras) into build/tools/, with `go install` from the Go module
+# (oras; buildkitd and buildctl for the containerd-client token tests) into build/tools/, with `go install` from the Go module
 # proxy. Idempotent: a tool already present is skipped.
 # A tool that cannot be installed (no Go toolchain, no network) is reported but
 # does not fail the script: the tests that need it say SKIPPED.
@@ -13,6 +13,7 @@ GO="${GO:-/usr/local/go/bin/go}"
 [ -x "$GO" ] || GO="$(command -v go || true)"
 
 ORAS_VERSION="v1.3.6"
+BUILDKIT_VERSION="v0.35.0"
 
 mkdir -p "$GOBIN"
 
@@ -31,6 +32,8 @@ install_tool() { # name module@version
 }
 
 install_tool oras "oras.land/oras/cmd/oras@$ORAS_VERSION"
+install_tool buildkitd "github.com/moby/buildkit/cmd/buildkitd@$BUILDKIT_VERSION"
+install_tool buildctl "github.com/moby/buildkit/cmd/buildctl@$BUILDKIT_VERSION"
 
 # Never fail `make test` because an optional client tool could not be built.
 exit 0
