@@ -358,12 +358,16 @@ token_params_parse(slice s, bool strict, struct token_params *tp, const char **w
         const char *eq = memchr(p, '=', (size_t)(pe - p));
         slice k = {p, (size_t)((eq ? eq : pe) - p)};
         slice v = eq ? (slice){eq + 1, (size_t)(pe - eq - 1)} : (slice){pe, 0};
-        char name[32];
+        char name[64];
         p = pe + 1;
         if (!k.len)
             continue;
-        if (!form_decode(k, name, sizeof name))
-            continue; /* no name we know is that long or odd */
+        if (!form_decode(k, name, sizeof name)) {
+            if (!strict)
+                continue;
+            *why = "a token request parameter name is malformed (form encoding) or too long";
+            return ERR_BAD_REQUEST;
+        }
         if (!strcmp(name, "scope")) {
             char val[1024];
             if (!form_decode(v, val, sizeof val)) {

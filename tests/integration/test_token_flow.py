@@ -198,7 +198,7 @@ def test_malformed_token_requests_are_400(tnode):
     for raw in (b"grant_type=password&username=" + name.encode() + b"&password=%zz",
                 b"grant_type=password&username=a%00b&password=x",
                 b"grant_type=password&username=" + b"u" * 300 + b"&password=x",
-                b"grant_type=pass%2"):
+                b"grant_type=pass%2", b"grant_type=password&user%zzname=x&password=y"):
         r = post_token(tnode, raw=raw, src=src)
         assert_refused(r, 400, "invalid_request")
     # none of these was a login attempt that could be guessed at
