@@ -23,14 +23,13 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import time
 import urllib.parse
 import uuid
 
 import pytest
 
 import itlib
-from authlib import As, audit_all, basic, bearer, challenge, create_identity, jwt_decode, new_src, pick
+from authlib import As, audit_all, basic, challenge, create_identity, jwt_decode, new_src, pick
 from itlib import MT_OCI_MANIFEST, OCILayout, get_manifest, make_image, run, wait_until
 from test_auth import AuthNodes, assert_not_logged
 
