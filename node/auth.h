@@ -117,9 +117,9 @@ err auth_issue_token(auth *a, const struct auth_principal *who, const char *serv
  * strings this node keeps only as SHA-256 hashes, in memory (a restart forgets them
  * and clients log in again with the password grant), at most AUTH_REFRESH_MAX (a
  * new one evicts the oldest), each valid AUTH_REFRESH_TTL_S, bound to the identity
- * it was issued to (name, creation, secret): deleting, re-creating, disabling or
- * expiring the identity or changing its secret ends it, and narrowing it narrows
- * what it yields. */
+ * it was issued to (name, creation, secret): deleting, re-creating, replacing
+ * (which is how an identity is narrowed), disabling or expiring the identity ends
+ * it, and what it yields is cut to the identity's grants of the moment. */
 #define AUTH_REFRESH_MAX 4096
 #define AUTH_REFRESH_TTL_S (7u * 24 * 3600)
 #define AUTH_REFRESH_PREFIX "grr1."

@@ -369,11 +369,9 @@ def test_refresh_token_of_a_narrowed_identity_yields_at_most_its_grants(tnode):
     make_image(As(tnode, token=at), repo, "v1")
     # narrowed to pull only (identities are replaced as a whole, with the same password)
     create_identity(tnode, "user", name, scopes=["tf-rtn-%s/**:pull" % x], password=pw)
+    # a replaced identity is a new incarnation: its old refresh token yields nothing
     r = refresh_grant(tnode, rt, scope="repository:%s:pull,push" % repo, src=new_src())
-    if r.status == 200:
-        assert access_of(r.json()["access_token"]) == {repo: {"pull"}}, r
-    else:
-        assert_refused(r, 401, "invalid_grant")
+    assert_refused(r, 401, "invalid_grant")
     # the access token of before is cut to the current grants at use
     r = tnode.req("PUT", "/v2/%s/manifests/v2" % repo, body=b"{}",
                   headers={"Content-Type": MT_OCI_MANIFEST}, token=at)
