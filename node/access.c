@@ -48,7 +48,8 @@ audit_log(struct node *n, struct http_req *r, const char *action, const char *re
     buf_add_json_str(&b, r ? r->peer : "", r ? strlen(r->peer) : 0);
     buf_adds(&b, ",\"action\":");
     buf_add_json_str(&b, action, strlen(action));
-    /* a login that failed: the name it claimed (from Basic credentials), never the secret */
+    /* a login that failed: the name it claimed (Basic credentials or a token form),
+     * never the secret */
     char claimed[128] = "";
     if (r && !strcmp(actor, "-") && status >= 400 &&
         !auth_basic_user(http_req_header(r, "authorization"), claimed, sizeof claimed) &&
@@ -590,6 +591,8 @@ h_token(struct http_req *r, bool nowait)
     http_resp_header(r, "Cache-Control", "no-store");
 out:
     explicit_bzero(refresh, sizeof refresh);
+    if (oauth && r->body.ptr) /* the form held a password or a refresh token */
+        explicit_bzero(r->body.ptr, r->body.len);
     token_params_release(&tp);
     buf_release(&all);
     return ERR_OK;
