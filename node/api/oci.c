@@ -1138,7 +1138,11 @@ authorize_v2(struct http_req *r)
     bool login = false;
     switch (rt->kind) {
     case R_BASE:
+        login = true;
+        break;
     case R_CATALOG:
+        /* asks for no grant (the list is filtered), but names its scope in the challenge */
+        act = ACT_CATALOG;
         login = true;
         break;
     case R_TAGS:

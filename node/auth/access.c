@@ -24,6 +24,7 @@ struct access {
     bool login;
     bool identified;
     struct auth_principal who;
+    char claimed[64]; /* the user name a token request's form claimed (never verified) */
 };
 
 /* ---- audit ---- */
@@ -47,10 +48,13 @@ audit_log(struct node *n, struct http_req *r, const char *action, const char *re
     buf_add_json_str(&b, r ? r->peer : "", r ? strlen(r->peer) : 0);
     buf_adds(&b, ",\"action\":");
     buf_add_json_str(&b, action, strlen(action));
-    /* a login that failed: the name it claimed (from Basic credentials), never the secret */
+    /* a login that failed: the name it claimed (Basic credentials or a token form),
+     * never the secret */
     char claimed[128] = "";
-    if (r && !strcmp(actor, "-") && status >= 400)
-        auth_basic_user(http_req_header(r, "authorization"), claimed, sizeof claimed);
+    if (r && !strcmp(actor, "-") && status >= 400 &&
+        !auth_basic_user(http_req_header(r, "authorization"), claimed, sizeof claimed) &&
+        r->access)
+        str_copy(claimed, sizeof claimed, ((struct access *)r->access)->claimed);
     const char *fields[][2] = {{"repo", repo}, {"ref", ref},         {"digest", digest},
                                {"detail", detail}, {"claimed", claimed}};
     for (size_t i = 0; i < 5; i++) {
@@ -244,13 +248,293 @@ access_require(struct http_req *r, const char *repo, unsigned actions, const cha
 
 /* ---- token endpoint ---- */
 
+#define TOKEN_FORM_MAX 8192 /* bytes of a POST /_georeg/v1/token form */
+#define TOKEN_SCOPES_MAX 32
+
+/* A token request's parameters: from the query (GET, Docker's flow: only service and
+ * scope are read, credentials come in the Authorization header) or from the form
+ * body (POST, the OAuth2 flow of containerd, BuildKit and docker with refresh tokens). */
+struct token_params {
+    char grant_type[32];
+    char username[128];
+    char password[512];
+    char refresh_token[128];
+    char service[128];
+    char client_id[128];
+    char access_type[16];
+    char *scopes[TOKEN_SCOPES_MAX]; /* owned, each a single scope */
+    size_t nscopes;
+};
+
+static void
+token_params_release(struct token_params *tp)
+{
+    for (size_t i = 0; i < tp->nscopes; i++)
+        free(tp->scopes[i]);
+    tp->nscopes = 0;
+    explicit_bzero(tp->password, sizeof tp->password);
+    explicit_bzero(tp->refresh_token, sizeof tp->refresh_token);
+}
+
+static int
+hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* form_decode decodes one application/x-www-form-urlencoded name or value ('+' is a
+ * space, %XX a byte) into out (n bytes with NUL); false on a broken %-escape, a NUL
+ * byte or a value longer than out. */
+static bool
+form_decode(slice v, char *out, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < v.len; i++) {
+        char ch = v.ptr[i];
+        if (ch == '%') {
+            if (v.len - i < 3 || hex_digit(v.ptr[i + 1]) < 0 || hex_digit(v.ptr[i + 2]) < 0)
+                return false;
+            ch = (char)(hex_digit(v.ptr[i + 1]) * 16 + hex_digit(v.ptr[i + 2]));
+            i += 2;
+        } else if (ch == '+') {
+            ch = ' ';
+        }
+        if (ch == '\0' || j + 1 >= n)
+            return false;
+        out[j++] = ch;
+    }
+    out[j] = '\0';
+    return true;
+}
+
+/* add_scopes splits one scope parameter (several space-separated scopes) into tp. */
+static err
+add_scopes(struct token_params *tp, const char *v)
+{
+    while (*v && tp->nscopes < TOKEN_SCOPES_MAX) {
+        size_t l = strcspn(v, " ");
+        if (l) {
+            char *one = strndup(v, l);
+            if (!one)
+                return ERR_NOMEM;
+            tp->scopes[tp->nscopes++] = one;
+        }
+        v += l;
+        v += strspn(v, " ");
+    }
+    return ERR_OK;
+}
+
+/* token_params_parse reads s ("a=b&c=d", form encoding) into tp. strict (a POST
+ * form): a broken encoding, an over-long value or a repeated field is ERR_BAD_REQUEST
+ * with *why; otherwise (a GET query) such parameters are skipped. Unknown names are
+ * ignored (RFC 6749 §3.1). */
+static err
+token_params_parse(slice s, bool strict, struct token_params *tp, const char **why)
+{
+    struct {
+        const char *name;
+        char *dst;
+        size_t n;
+    } fields[] = {
+        {"grant_type", tp->grant_type, sizeof tp->grant_type},
+        {"username", tp->username, sizeof tp->username},
+        {"password", tp->password, sizeof tp->password},
+        {"refresh_token", tp->refresh_token, sizeof tp->refresh_token},
+        {"service", tp->service, sizeof tp->service},
+        {"client_id", tp->client_id, sizeof tp->client_id},
+        {"access_type", tp->access_type, sizeof tp->access_type},
+    };
+    bool seen[sizeof fields / sizeof fields[0]] = {false};
+    const char *p = s.ptr, *end = s.ptr + s.len;
+    while (s.len && p <= end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *pe = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(pe - p));
+        slice k = {p, (size_t)((eq ? eq : pe) - p)};
+        slice v = eq ? (slice){eq + 1, (size_t)(pe - eq - 1)} : (slice){pe, 0};
+        char name[64];
+        p = pe + 1;
+        if (!k.len)
+            continue;
+        if (!form_decode(k, name, sizeof name)) {
+            if (!strict)
+                continue;
+            *why = "a token request parameter name is malformed (form encoding) or too long";
+            return ERR_BAD_REQUEST;
+        }
+        if (!strcmp(name, "scope")) {
+            char val[1024];
+            if (!form_decode(v, val, sizeof val)) {
+                if (!strict)
+                    continue;
+                *why = "the scope parameter is malformed or too long";
+                return ERR_BAD_REQUEST;
+            }
+            err e = add_scopes(tp, val);
+            explicit_bzero(val, sizeof val);
+            if (e)
+                return e;
+            continue;
+        }
+        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+            if (strcmp(name, fields[i].name) != 0)
+                continue;
+            if (seen[i] && strict) {
+                *why = "a token request parameter is repeated";
+                return ERR_BAD_REQUEST;
+            }
+            if (!form_decode(v, fields[i].dst, fields[i].n)) {
+                fields[i].dst[0] = '\0';
+                if (!strict)
+                    break;
+                *why = "a token request parameter is malformed (form encoding) or too long";
+                return ERR_BAD_REQUEST;
+            }
+            seen[i] = true;
+            break;
+        }
+    }
+    return ERR_OK;
+}
+
+/* token_error answers a failed token request with the OCI error JSON every georeg
+ * error has, plus OAuth2's "error" and "error_description" (RFC 6749 §5.2). */
+static void
+token_error(struct http_req *r, err e, const char *oauth, const char *msg)
+{
+    const char *m = msg ? msg : err_str(e);
+    json_t *j = json_pack("{s:[{s:s,s:s,s:n}],s:s,s:s}", "errors", "code", err_oci_code(e),
+                          "message", m, "detail", "error", oauth, "error_description", m);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text) {
+        http_resp_error(r, e, msg, NULL);
+        return;
+    }
+    buf_reset(&r->resp.body);
+    if (buf_adds(&r->resp.body, text)) {
+        free(text);
+        http_resp_error(r, ERR_NOMEM, NULL, NULL);
+        return;
+    }
+    free(text);
+    r->resp.status = err_http_status(e);
+    http_resp_header(r, "Content-Type", "application/json");
+    http_resp_header(r, "Cache-Control", "no-store");
+}
+
+/* token_login_failed answers and audits credentials that did not authenticate. */
+static void
+token_login_failed(struct http_req *r, err e, const char *why, bool oauth)
+{
+    struct node *n = r->app;
+    bool slow = e == ERR_TOOMANYREQUESTS;
+    int status = slow ? 429 : e == ERR_UNAUTHORIZED ? 401 : 500;
+    err answer = slow ? e : e == ERR_UNAUTHORIZED ? ERR_UNAUTHORIZED : ERR_INTERNAL;
+    if (oauth)
+        token_error(r, answer, slow ? "slow_down" : status == 401 ? "invalid_grant" : "server_error",
+                    status == 500 ? NULL : public_why(why));
+    else
+        http_resp_error(r, answer, status == 500 ? NULL : public_why(why), NULL);
+    if (slow)
+        retry_after(r);
+    audit_log(n, r, "login", NULL, NULL, NULL, status, why);
+}
+
+/* token_form authenticates a POST form: grant_type=password (username, password:
+ * checked like Basic credentials) or grant_type=refresh_token. Answers (and audits)
+ * and returns false when the request ends here. *refresh gets a refresh token to
+ * hand out when access_type=offline asks for one. */
+static bool
+token_form(struct http_req *r, struct token_params *tp, struct auth_principal *who,
+           char *refresh, size_t refresh_n, const char **detail)
+{
+    struct node *n = r->app;
+    struct access *ac = r->access;
+    const char *why = NULL;
+    slice ct = http_req_header(r, "content-type");
+    const char *semi = ct.ptr ? memchr(ct.ptr, ';', ct.len) : NULL;
+    slice mt = ct.ptr ? (slice){ct.ptr, semi ? (size_t)(semi - ct.ptr) : ct.len} : ct;
+    while (mt.len && (mt.ptr[mt.len - 1] == ' ' || mt.ptr[mt.len - 1] == '\t'))
+        mt.len--;
+    if (!mt.ptr || !slice_case_eq_cstr(mt, "application/x-www-form-urlencoded")) {
+        token_error(r, ERR_BAD_REQUEST, "invalid_request",
+                    "a POST to the token endpoint takes an application/x-www-form-urlencoded "
+                    "form (grant_type=password or grant_type=refresh_token)");
+        return false;
+    }
+    err e = token_params_parse(buf_slice(&r->body), true, tp, &why);
+    if (e) {
+        token_error(r, e, e == ERR_BAD_REQUEST ? "invalid_request" : "server_error",
+                    e == ERR_BAD_REQUEST ? why : NULL);
+        return false;
+    }
+    bool offline = !strcmp(tp->access_type, "offline");
+    if (!strcmp(tp->grant_type, "password")) {
+        if (!tp->username[0] || !tp->password[0]) {
+            token_error(r, ERR_BAD_REQUEST, "invalid_request",
+                        "grant_type=password needs username and password");
+            return false;
+        }
+        if (auth_name_valid(tp->username))
+            str_copy(ac->claimed, sizeof ac->claimed, tp->username);
+        e = auth_identify_password(n->auth, tp->username, tp->password, r->peer, who, &why);
+        if (e) {
+            token_login_failed(r, e, why, true);
+            return false;
+        }
+        *detail = "token issued (password grant)";
+        if (offline) {
+            e = auth_refresh_new(n->auth, who, refresh, refresh_n);
+            if (e) {
+                token_login_failed(r, e, "the identity changed while logging in", true);
+                return false;
+            }
+            *detail = "token and refresh token issued (password grant)";
+        }
+        return true;
+    }
+    if (!strcmp(tp->grant_type, "refresh_token")) {
+        if (!tp->refresh_token[0]) {
+            token_error(r, ERR_BAD_REQUEST, "invalid_request",
+                        "grant_type=refresh_token needs refresh_token");
+            return false;
+        }
+        e = auth_refresh_identify(n->auth, tp->refresh_token, r->peer, who, &why);
+        if (e) {
+            token_login_failed(r, e, why, true);
+            return false;
+        }
+        /* refresh tokens are reused, not rotated: clients ask once per scope */
+        if (offline)
+            str_copy(refresh, refresh_n, tp->refresh_token);
+        *detail = "token issued (refresh token)";
+        return true;
+    }
+    token_error(r, ERR_BAD_REQUEST, tp->grant_type[0] ? "unsupported_grant_type" : "invalid_request",
+                tp->grant_type[0] ? "unsupported grant_type (password or refresh_token)"
+                                  : "grant_type is missing (password or refresh_token)");
+    return false;
+}
+
 static err
 h_token(struct http_req *r, bool nowait)
 {
     struct node *n = r->app;
     struct auth_principal who;
-    const char *why = NULL;
+    struct token_params tp;
+    char refresh[AUTH_REFRESH_LEN] = "";
+    const char *why = NULL, *detail = "token issued";
+    buf all = BUF_INIT;
     (void)nowait;
+    memset(&tp, 0, sizeof tp);
     if (auth_get_mode(n->auth) != AUTH_TOKEN) {
         http_resp_error(r, ERR_UNSUPPORTED, "this registry does not issue tokens", NULL);
         return ERR_OK;
@@ -260,62 +544,57 @@ h_token(struct http_req *r, bool nowait)
         http_resp_error(r, ERR_NOMEM, NULL, NULL);
         return ERR_OK;
     }
+    free(r->access);
     r->access = ac;
-    err e = auth_identify(n->auth, http_req_header(r, "authorization"), r->peer, false, &who,
-                          &why);
-    if (e) {
-        char chal[600];
-        auth_challenge(n->auth, NULL, 0, false, chal, sizeof chal);
-        http_resp_error(r, e == ERR_TOOMANYREQUESTS ? e : ERR_UNAUTHORIZED, public_why(why), NULL);
-        if (e == ERR_TOOMANYREQUESTS)
-            retry_after(r);
-        audit_log(n, r, "login", NULL, NULL, NULL, e == ERR_TOOMANYREQUESTS ? 429 : 401, why);
-        return ERR_OK;
+    bool oauth = r->method == M_POST;
+    if (oauth) {
+        if (!token_form(r, &tp, &who, refresh, sizeof refresh, &detail))
+            goto out;
+    } else {
+        err e = auth_identify(n->auth, http_req_header(r, "authorization"), r->peer, false, &who,
+                              &why);
+        if (e) {
+            token_login_failed(r, e, why, false);
+            goto out;
+        }
+        /* only service and scope (repeated, each possibly several space-separated
+         * scopes) are read from a query; credentials never come in a URL */
+        if ((e = token_params_parse(r->query, false, &tp, &why))) {
+            http_resp_error(r, e, NULL, NULL);
+            goto out;
+        }
     }
     ac->who = who;
     ac->identified = true;
-    char service[128] = "";
-    http_req_query(r, "service", service, sizeof service);
-    /* every scope= parameter, each possibly holding several space-separated scopes */
-    char *scopes[32];
-    size_t ns = 0;
-    buf all = BUF_INIT;
-    slice q = r->query;
-    const char *p = q.ptr, *end = q.ptr + q.len;
-    while (p < end && ns < 32) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *pe = amp ? amp : end;
-        if ((size_t)(pe - p) > 6 && !memcmp(p, "scope=", 6)) {
-            /* decode this one parameter with the shared helper on a one-item query */
-            struct http_req tmp;
-            memset(&tmp, 0, sizeof tmp);
-            tmp.query = (slice){p, (size_t)(pe - p)};
-            char v[1024];
-            if (http_req_query(&tmp, "scope", v, sizeof v)) {
-                char *save = NULL;
-                for (char *t = strtok_r(v, " ", &save); t && ns < 32; t = strtok_r(NULL, " ", &save))
-                    scopes[ns++] = strdup(t);
-            }
-        }
-        p = pe + 1;
-    }
-    e = auth_issue_token(n->auth, &who, service, (const char *const *)scopes, ns, &all);
-    for (size_t i = 0; i < ns; i++)
-        free(scopes[i]);
+    err e = auth_issue_token(n->auth, &who, tp.service, (const char *const *)tp.scopes, tp.nscopes,
+                             refresh[0] ? refresh : NULL, &all);
     if (e) {
-        http_resp_error(r, e == ERR_DENIED ? ERR_DENIED : ERR_INTERNAL,
-                        e == ERR_DENIED ? "token requested for another service" : NULL, service);
-        audit_log(n, r, "login", NULL, NULL, NULL, 403, "wrong service");
-        buf_release(&all);
-        return ERR_OK;
+        if (oauth)
+            token_error(r, e == ERR_DENIED ? ERR_DENIED : ERR_INTERNAL,
+                        e == ERR_DENIED ? "invalid_scope" : "server_error",
+                        e == ERR_DENIED ? "token requested for another service" : NULL);
+        else
+            http_resp_error(r, e == ERR_DENIED ? ERR_DENIED : ERR_INTERNAL,
+                            e == ERR_DENIED ? "token requested for another service" : NULL,
+                            tp.service);
+        audit_log(n, r, "login", NULL, NULL, NULL, e == ERR_DENIED ? 403 : 500,
+                  e == ERR_DENIED ? "wrong service" : "token not issued");
+        goto out;
     }
     if (!who.anonymous)
-        audit_log(n, r, "login", NULL, NULL, NULL, 200, "token issued");
+        audit_log(n, r, "login", NULL, NULL, NULL, 200, detail);
     r->resp.status = 200;
     buf_release(&r->resp.body);
     r->resp.body = all;
+    buf_init(&all);
     http_resp_header(r, "Content-Type", "application/json");
     http_resp_header(r, "Cache-Control", "no-store");
+out:
+    explicit_bzero(refresh, sizeof refresh);
+    if (oauth && r->body.ptr) /* the form held a password or a refresh token */
+        explicit_bzero(r->body.ptr, r->body.len);
+    token_params_release(&tp);
+    buf_release(&all);
     return ERR_OK;
 }
 
@@ -618,6 +897,11 @@ access_route(struct http_req *r, slice rest)
         if (r->method != M_GET && r->method != M_POST) {
             http_resp_error(r, ERR_METHOD, NULL, NULL);
             return true;
+        }
+        if (r->method == M_POST) {
+            /* the OAuth2 form: a few short fields; more is refused (413) unread */
+            r->body_mode = BODY_BUFFER;
+            r->body_limit = TOKEN_FORM_MAX;
         }
         r->handler = h_token;
         r->handler_on_pool = true;

@@ -51,6 +51,14 @@ struct vcache_entry {
     uint64_t until;
 };
 
+/* A refresh token as this node remembers it: never the token, only its SHA-256. */
+struct refresh_entry {
+    unsigned char hash[32]; /* sha256 of the token */
+    unsigned char bind[32]; /* identity_bind of the identity it was issued to */
+    char name[64];
+    uint64_t expires; /* 0: a free slot */
+};
+
 struct fail_entry {
     char peer[64];
     unsigned n;
@@ -83,6 +91,10 @@ struct auth {
 
     pthread_mutex_t fmu;
     struct fail_entry fails[FAIL_SLOTS];
+
+    pthread_mutex_t rmu;
+    struct refresh_entry *refresh; /* AUTH_REFRESH_MAX slots (token mode), a ring */
+    size_t refresh_next;           /* the slot the next token takes: the oldest one */
 };
 
 static uint64_t
@@ -226,6 +238,8 @@ auth_allows(const auth *a, const struct auth_principal *who, const char *repo, u
 {
     if (a->mode == AUTH_NONE)
         return true;
+    /* the catalog is filtered per identity, so asking for it needs no grant */
+    actions &= ~ACT_CATALOG;
     if (actions & ACT_READ) {
         /* reading names (tag lists, catalog, locate): pull or metadata_read */
         unsigned rest = actions & ~ACT_READ;
@@ -709,6 +723,7 @@ auth_new(store *s, const struct auth_options *o, auth **out)
     pthread_rwlock_init(&a->lock, NULL);
     pthread_mutex_init(&a->vmu, NULL);
     pthread_mutex_init(&a->fmu, NULL);
+    pthread_mutex_init(&a->rmu, NULL);
     for (size_t i = 0; i < o->nanonymous_pull && a->nanon < AUTH_MAX_GRANTS; i++) {
         str_copy(a->anon[a->nanon].glob, sizeof a->anon[0].glob, o->anonymous_pull[i]);
         a->anon[a->nanon++].actions = ACT_PULL;
@@ -719,6 +734,10 @@ auth_new(store *s, const struct auth_options *o, auth **out)
     }
     if ((e = load_or_create_key(a, o->data_dir)))
         goto fail;
+    if (a->mode == AUTH_TOKEN && !(a->refresh = calloc(AUTH_REFRESH_MAX, sizeof *a->refresh))) {
+        e = ERR_NOMEM;
+        goto fail;
+    }
     if (o->admin_password_file && *o->admin_password_file) {
         FILE *f = fopen(o->admin_password_file, "r");
         char pw[512] = "";
@@ -766,6 +785,10 @@ auth_free(auth *a)
     pthread_rwlock_destroy(&a->lock);
     pthread_mutex_destroy(&a->vmu);
     pthread_mutex_destroy(&a->fmu);
+    pthread_mutex_destroy(&a->rmu);
+    if (a->refresh)
+        OPENSSL_cleanse(a->refresh, AUTH_REFRESH_MAX * sizeof *a->refresh);
+    free(a->refresh);
     OPENSSL_cleanse(&a->admin, sizeof a->admin);
     free(a);
 }
@@ -788,33 +811,21 @@ anonymous(const auth *a, struct auth_principal *who)
     (void)a;
 }
 
+/* identify_secret checks name and secret: the one password check behind Basic
+ * credentials and the token endpoint's password grant. */
 static err
-identify_basic(auth *a, slice cred, const char *peer, bool nowait, struct auth_principal *who,
-               const char **why)
+identify_secret(auth *a, const char *name, const char *secret, const char *peer, bool nowait,
+                struct auth_principal *who, const char **why)
 {
-    buf dec = BUF_INIT;
     err e = ERR_UNAUTHORIZED;
     uint64_t retry;
     if (throttled(a, peer, &retry)) {
         *why = "too many failed logins from this address; retry later";
         return ERR_TOOMANYREQUESTS;
     }
-    if (!b64_decode(cred, &dec) || dec.len > 600) {
-        *why = "malformed basic credentials";
-        goto out;
-    }
-    char *colon = strchr(dec.ptr, ':');
-    if (!colon) {
-        *why = "malformed basic credentials";
-        goto out;
-    }
-    *colon = '\0';
-    const char *name = dec.ptr, *secret = colon + 1;
     if (!fresh(a)) {
-        if (nowait) {
-            e = ERR_WOULDBLOCK;
-            goto out;
-        }
+        if (nowait)
+            return ERR_WOULDBLOCK;
         reload(a);
     }
     struct identity id;
@@ -863,10 +874,46 @@ identify_basic(auth *a, slice cred, const char *peer, bool nowait, struct auth_p
     who->ngrants = id.ngrants;
     e = ERR_OK;
 out:
+    return e;
+}
+
+static err
+identify_basic(auth *a, slice cred, const char *peer, bool nowait, struct auth_principal *who,
+               const char **why)
+{
+    buf dec = BUF_INIT;
+    err e = ERR_UNAUTHORIZED;
+    uint64_t retry;
+    if (throttled(a, peer, &retry)) {
+        *why = "too many failed logins from this address; retry later";
+        return ERR_TOOMANYREQUESTS;
+    }
+    if (!b64_decode(cred, &dec) || dec.len > 600) {
+        *why = "malformed basic credentials";
+        goto out;
+    }
+    char *colon = strchr(dec.ptr, ':');
+    if (!colon) {
+        *why = "malformed basic credentials";
+        goto out;
+    }
+    *colon = '\0';
+    e = identify_secret(a, dec.ptr, colon + 1, peer, nowait, who, why);
+out:
     if (dec.len)
         OPENSSL_cleanse(dec.ptr, dec.len);
     buf_release(&dec);
     return e;
+}
+
+err
+auth_identify_password(auth *a, const char *name, const char *secret, const char *peer,
+                       struct auth_principal *who, const char **why)
+{
+    *why = "unknown user or wrong password";
+    if (a->mode == AUTH_NONE)
+        return ERR_UNAUTHORIZED;
+    return identify_secret(a, name, secret, peer, false, who, why);
 }
 
 static err
@@ -1006,18 +1053,161 @@ auth_identify(auth *a, slice authorization, const char *peer, bool nowait,
     return ERR_UNAUTHORIZED;
 }
 
+/* ---- refresh tokens ---- */
+
+/* sha256_parts hashes the n slices one after the other into out. */
+static bool
+sha256_parts(const slice *parts, size_t n, unsigned char out[32])
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    unsigned int ol = 32;
+    bool ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = EVP_DigestUpdate(c, parts[i].ptr, parts[i].len) == 1;
+    ok = ok && EVP_DigestFinal_ex(c, out, &ol) == 1 && ol == 32;
+    EVP_MD_CTX_free(c);
+    return ok;
+}
+
+/* identity_bind: what a refresh token is bound to besides the name, the identity's
+ * incarnation (kind, creation time, salted secret hash): a refresh token outlives
+ * neither a deletion, nor a re-creation under the same name, nor a new secret. */
+static bool
+identity_bind(const struct identity *id, unsigned char out[32])
+{
+    char created[24];
+    int cl = snprintf(created, sizeof created, "%llu", (unsigned long long)id->created);
+    slice parts[] = {{id->kind, strlen(id->kind) + 1},
+                     {created, (size_t)cl + 1},
+                     {id->secret, strlen(id->secret)}};
+    return sha256_parts(parts, 3, out);
+}
+
+/* current_identity: the identity called name as it is now, when it may log in and
+ * is still the incarnation bind was made of; otherwise false with *why. */
+static bool
+current_identity(auth *a, const char *name, const unsigned char bind[32], struct identity *id,
+                 const char **why)
+{
+    unsigned char now_bind[32];
+    *why = "the refresh token's identity is disabled, expired, replaced or gone";
+    if (!fresh(a))
+        reload(a);
+    if (!find(a, name, id) || id->disabled || (id->expires && id->expires <= now_s()))
+        return false;
+    return identity_bind(id, now_bind) && CRYPTO_memcmp(now_bind, bind, 32) == 0;
+}
+
+err
+auth_refresh_new(auth *a, const struct auth_principal *who, char *out, size_t n)
+{
+    unsigned char raw[32], h[32], bind[32];
+    struct identity id;
+    buf tok = BUF_INIT;
+    err e = ERR_UNAUTHORIZED;
+    if (a->mode != AUTH_TOKEN || !a->refresh || who->anonymous)
+        return ERR_INVALID;
+    if (!fresh(a))
+        reload(a);
+    if (!find(a, who->name, &id) || !identity_bind(&id, bind))
+        goto out;
+    e = ERR_INTERNAL;
+    if (RAND_bytes(raw, sizeof raw) != 1)
+        goto out;
+    buf_adds(&tok, AUTH_REFRESH_PREFIX);
+    b64_encode(raw, sizeof raw, true, &tok);
+    if (tok.len + 1 > n || !sha256_parts(&(slice){tok.ptr, tok.len}, 1, h))
+        goto out;
+    pthread_mutex_lock(&a->rmu);
+    struct refresh_entry *r = &a->refresh[a->refresh_next];
+    a->refresh_next = (a->refresh_next + 1) % AUTH_REFRESH_MAX;
+    memcpy(r->hash, h, 32);
+    memcpy(r->bind, bind, 32);
+    str_copy(r->name, sizeof r->name, who->name);
+    r->expires = now_s() + AUTH_REFRESH_TTL_S;
+    pthread_mutex_unlock(&a->rmu);
+    memcpy(out, tok.ptr, tok.len + 1);
+    e = ERR_OK;
+out:
+    OPENSSL_cleanse(raw, sizeof raw);
+    if (tok.ptr)
+        OPENSSL_cleanse(tok.ptr, tok.len);
+    buf_release(&tok);
+    return e;
+}
+
+err
+auth_refresh_identify(auth *a, const char *token, const char *peer, struct auth_principal *who,
+                      const char **why)
+{
+    unsigned char h[32], bind[32];
+    char name[64] = "";
+    uint64_t retry, now = now_s();
+    struct identity id;
+    size_t tl = strlen(token);
+    *why = "unknown, expired or evicted refresh token";
+    if (a->mode != AUTH_TOKEN || !a->refresh)
+        return ERR_UNAUTHORIZED;
+    if (throttled(a, peer, &retry)) {
+        *why = "too many failed logins from this address; retry later";
+        return ERR_TOOMANYREQUESTS;
+    }
+    if (!sha256_parts(&(slice){token, tl}, 1, h)) {
+        *why = "internal error";
+        return ERR_INTERNAL;
+    }
+    struct refresh_entry *hit = NULL;
+    pthread_mutex_lock(&a->rmu);
+    for (size_t i = 0; i < AUTH_REFRESH_MAX; i++) {
+        struct refresh_entry *r = &a->refresh[i];
+        if (r->expires > now && CRYPTO_memcmp(r->hash, h, 32) == 0) {
+            hit = r;
+            break;
+        }
+    }
+    if (hit) {
+        str_copy(name, sizeof name, hit->name);
+        memcpy(bind, hit->bind, 32);
+    }
+    pthread_mutex_unlock(&a->rmu);
+    if (!hit) {
+        /* 256 random bits cannot be guessed, but a client trying is treated like
+         * one guessing passwords */
+        record_failure(a, peer, true);
+        return ERR_UNAUTHORIZED;
+    }
+    if (!current_identity(a, name, bind, &id, why)) {
+        /* it can never work again: forget it */
+        pthread_mutex_lock(&a->rmu);
+        for (size_t i = 0; i < AUTH_REFRESH_MAX; i++)
+            if (CRYPTO_memcmp(a->refresh[i].hash, h, 32) == 0)
+                memset(&a->refresh[i], 0, sizeof a->refresh[i]);
+        pthread_mutex_unlock(&a->rmu);
+        return ERR_UNAUTHORIZED;
+    }
+    /* the identity's grants of now: a narrowed identity's refresh token asks for less */
+    memset(who, 0, sizeof *who);
+    str_copy(who->name, sizeof who->name, id.name);
+    str_copy(who->kind, sizeof who->kind, id.kind);
+    memcpy(who->grants, id.grants, sizeof who->grants);
+    who->ngrants = id.ngrants;
+    return ERR_OK;
+}
+
 /* ---- tokens ---- */
 
 err
 auth_issue_token(auth *a, const struct auth_principal *who, const char *service,
-                 const char *const *scopes, size_t nscopes, buf *out)
+                 const char *const *scopes, size_t nscopes, const char *refresh_token, buf *out)
 {
     if (service && *service && strcmp(service, a->service) != 0)
         return ERR_DENIED;
     uint64_t now = now_s();
     unsigned char jti[12];
     RAND_bytes(jti, sizeof jti);
-    buf claims = BUF_INIT, jb = BUF_INIT, tok = BUF_INIT;
+    buf claims = BUF_INIT, jb = BUF_INIT, tok = BUF_INIT, granted = BUF_INIT;
+    json_t *ans = NULL;
+    char *text = NULL;
     b64_encode(jti, sizeof jti, true, &jb);
     buf_adds(&claims, "{\"iss\":");
     buf_add_json_str(&claims, a->issuer, strlen(a->issuer));
@@ -1043,11 +1233,13 @@ auth_issue_token(auth *a, const struct auth_principal *who, const char *service,
         if (!str_copy_slice(type, sizeof type, (slice){sc, (size_t)(c1 - sc)}) ||
             !str_copy_slice(name, sizeof name, (slice){c1 + 1, (size_t)(c2 - c1 - 1)}))
             continue;
-        buf acts = BUF_INIT;
+        buf acts = BUF_INIT, plain = BUF_INIT;
         if (!strcmp(type, "registry") && !strcmp(name, "catalog")) {
             /* filtered at use to the repositories the identity may read then */
-            if (!who->anonymous)
+            if (!who->anonymous) {
                 buf_adds(&acts, "\"*\"");
+                buf_adds(&plain, "*");
+            }
         } else if (!strcmp(type, "repository") && ref_name_valid(slice_of_cstr(name))) {
             const char *p = c2 + 1;
             while (*p) {
@@ -1065,8 +1257,10 @@ auth_issue_token(auth *a, const struct auth_principal *who, const char *service,
                             continue;
                         char an[32];
                         auth_actions_str(bit, an, sizeof an);
-                        if (!strstr(acts.ptr, an))
+                        if (!strstr(acts.ptr, an)) {
                             buf_addf(&acts, "%s\"%s\"", acts.len ? "," : "", an);
+                            buf_addf(&plain, "%s%s", plain.len ? "," : "", an);
+                        }
                     }
                 }
                 p += l + (cm ? 1 : 0);
@@ -1078,26 +1272,46 @@ auth_issue_token(auth *a, const struct auth_principal *who, const char *service,
             buf_adds(&claims, ",\"name\":");
             buf_add_json_str(&claims, name, strlen(name));
             buf_addf(&claims, ",\"actions\":[%s]}", acts.ptr);
+            /* the scope granted, in the request's own grammar (the answer's "scope") */
+            buf_addf(&granted, "%s%s:%s:%s", granted.len ? " " : "", type, name, plain.ptr);
         }
         buf_release(&acts);
+        buf_release(&plain);
     }
     buf_adds(&claims, "]}");
     err e = jwt_sign(a, claims.ptr, &tok);
-    if (!e) {
-        time_t t = (time_t)now;
-        struct tm tm;
-        gmtime_r(&t, &tm);
-        char iso[40];
-        strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &tm);
-        buf_reset(out);
-        buf_addf(out,
-                 "{\"token\":\"%s\",\"access_token\":\"%s\",\"expires_in\":%llu,"
-                 "\"issued_at\":\"%s\"}",
-                 tok.ptr, tok.ptr, (unsigned long long)a->ttl, iso);
+    if (e)
+        goto out;
+    time_t t = (time_t)now;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char iso[40];
+    strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    /* "token" for Docker's GET flow, "access_token" for OAuth2 clients; the same JWT */
+    e = ERR_NOMEM;
+    ans = json_pack("{s:s,s:s,s:I,s:s,s:s}", "token", tok.ptr, "access_token", tok.ptr,
+                    "expires_in", (json_int_t)a->ttl, "issued_at", iso, "scope",
+                    granted.len ? granted.ptr : "");
+    if (!ans)
+        goto out;
+    if (refresh_token && json_object_set_new(ans, "refresh_token", json_string(refresh_token)))
+        goto out;
+    if (!(text = json_dumps(ans, JSON_COMPACT)))
+        goto out;
+    buf_reset(out);
+    if (buf_adds(out, text))
+        goto out;
+    e = ERR_OK;
+out:
+    if (text) {
+        OPENSSL_cleanse(text, strlen(text));
+        free(text);
     }
+    json_decref(ans);
     buf_release(&claims);
     buf_release(&jb);
     buf_release(&tok);
+    buf_release(&granted);
     return e;
 }
 
@@ -1113,7 +1327,10 @@ auth_challenge(const auth *a, const char *repo, unsigned actions, bool insuffici
     if (actions & ACT_READ)
         actions |= ACT_PULL;
     auth_actions_str(actions & (ACT_PULL | ACT_PUSH | ACT_DELETE), acts, sizeof acts);
-    if (repo && acts[0])
+    if (!repo && (actions & ACT_CATALOG))
+        snprintf(out, n, "Bearer realm=\"%s\",service=\"%s\",scope=\"registry:catalog:*\"%s",
+                 a->realm, a->service, insufficient ? ",error=\"insufficient_scope\"" : "");
+    else if (repo && acts[0])
         snprintf(out, n, "Bearer realm=\"%s\",service=\"%s\",scope=\"repository:%s:%s\"%s",
                  a->realm, a->service, repo, acts,
                  insufficient ? ",error=\"insufficient_scope\"" : "");

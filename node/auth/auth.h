@@ -30,6 +30,9 @@ enum auth_mode { AUTH_NONE = 0, AUTH_BASIC = 1, AUTH_TOKEN = 2 };
 #define ACT_ALL 63u
 /* ACT_READ is asked, never granted: pull or metadata_read (tag lists, locate). */
 #define ACT_READ 64u
+/* ACT_CATALOG is asked, never granted: listing the catalog, which any identity that
+ * logged in may do (it sees what it may read); challenges ask for registry:catalog:*. */
+#define ACT_CATALOG 128u
 
 #define AUTH_MAX_GRANTS 32
 
@@ -84,6 +87,11 @@ bool auth_parse_scope(const char *s, struct auth_grant *g);
  * when a secret must be hashed or identities reloaded. *why gets a static reason. */
 err auth_identify(auth *a, slice authorization, const char *peer, bool nowait,
                   struct auth_principal *who, const char **why);
+/* auth_identify_password checks name and secret exactly as Basic credentials are
+ * checked (slow-down of peer, disabled, expired, the hash on this thread: call it
+ * off the loop); the token endpoint's password grant. Errors as auth_identify. */
+err auth_identify_password(auth *a, const char *name, const char *secret, const char *peer,
+                           struct auth_principal *who, const char **why);
 /* auth_basic_user copies the user name of a Basic Authorization header into out
  * (never the secret, never verified): the audit log names who a failed login
  * claimed to be. False when the header holds no readable Basic credentials. */
@@ -96,10 +104,36 @@ bool auth_allows(const auth *a, const struct auth_principal *who, const char *re
                  unsigned actions);
 
 /* auth_issue_token signs a JWT for who with the access it has among the requested
- * scopes ("repository:NAME:ACTIONS", space or repeated); writes the token endpoint's
- * JSON answer into out. */
+ * scopes ("repository:NAME:ACTIONS" or "registry:catalog:*"; scopes and their strings
+ * are borrowed); writes the token endpoint's JSON answer into out: token and
+ * access_token (the same JWT), expires_in, issued_at, scope (what was granted) and,
+ * when refresh_token (borrowed) is not NULL, refresh_token. ERR_DENIED when service
+ * names another service, ERR_NOMEM, ERR_INTERNAL (signing). */
 err auth_issue_token(auth *a, const struct auth_principal *who, const char *service,
-                     const char *const *scopes, size_t nscopes, buf *out);
+                     const char *const *scopes, size_t nscopes, const char *refresh_token,
+                     buf *out);
+
+/* Refresh tokens (the OAuth2 password grant with access_type=offline): random
+ * strings this node keeps only as SHA-256 hashes, in memory (a restart forgets them
+ * and clients log in again with the password grant), at most AUTH_REFRESH_MAX (a
+ * new one evicts the oldest), each valid AUTH_REFRESH_TTL_S, bound to the identity
+ * it was issued to (name, creation, secret): deleting, re-creating, replacing
+ * (which is how an identity is narrowed), disabling or expiring the identity ends
+ * it, and what it yields is cut to the identity's grants of the moment. */
+#define AUTH_REFRESH_MAX 4096
+#define AUTH_REFRESH_TTL_S (7u * 24 * 3600)
+#define AUTH_REFRESH_PREFIX "grr1."
+#define AUTH_REFRESH_LEN 64 /* buffer size for one, with its NUL */
+/* auth_refresh_new issues a refresh token for who (authenticated just now, not
+ * anonymous) into out (n bytes, AUTH_REFRESH_LEN is enough). ERR_INVALID outside
+ * token mode or for anonymous, ERR_UNAUTHORIZED when the identity is gone. */
+err auth_refresh_new(auth *a, const struct auth_principal *who, char *out, size_t n);
+/* auth_refresh_identify: who the refresh token (borrowed) stands for, with the
+ * identity's current grants. ERR_UNAUTHORIZED for an unknown, expired, evicted or
+ * forged token or one whose identity changed (*why, static, for the audit log),
+ * ERR_TOOMANYREQUESTS while peer is slowed down. Reads the store: off the loop. */
+err auth_refresh_identify(auth *a, const char *token, const char *peer, struct auth_principal *who,
+                          const char **why);
 /* auth_challenge writes the WWW-Authenticate value for a request that needs actions
  * on repo (repo NULL: the registry itself); insufficient adds the error hint. */
 void auth_challenge(const auth *a, const char *repo, unsigned actions, bool insufficient,
