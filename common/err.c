@@ -66,6 +66,9 @@ err_from_errno(int e)
         return ERR_WOULDBLOCK;
     case EINVAL:
         return ERR_INVALID;
+    case ENOSPC:
+    case EDQUOT:
+        return ERR_INSUFFICIENT_STORAGE;
     default:
         return ERR_IO;
     }

@@ -45,7 +45,9 @@
     X(TIMEOUT, 408, "UNAVAILABLE", "timed out")                                        \
     X(EPOCH_STALE, 409, NULL, "message from a stale epoch")                            \
     X(PROTOCOL, 400, NULL, "protocol violation")                                       \
-    X(CONFIG, 500, NULL, "invalid configuration")
+    X(CONFIG, 500, NULL, "invalid configuration")                                     \
+    X(INSUFFICIENT_STORAGE, 507, "UNKNOWN",                                            \
+      "insufficient storage: the registry's disk is full; writes resume when space returns")
 
 typedef enum {
 #define ERR_ENUM_(name, status, code, msg) ERR_##name,

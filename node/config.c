@@ -223,6 +223,7 @@ static const struct key keys[] = {
     {"storage.upload_idle_timeout", K_DUR, F(upload_idle_timeout_s)},
     {"storage.max_uploads", K_INT, F(max_uploads)},
     {"storage.max_uploads_per_identity", K_INT, F(max_uploads_per_identity)},
+    {"storage.min_free", K_SIZE, F(min_free)},
     {"replication.role", K_ROLE, F(primary)},
     {"replication.listen", K_STR, F(repl_listen)},
     {"replication.primary_url", K_STR, F(primary_url)},
@@ -518,6 +519,7 @@ cfg_defaults(struct cfg *c)
     c->upload_idle_timeout_s = 3600;
     c->max_uploads = 10000;
     c->max_uploads_per_identity = 1000;
+    c->min_free = 64u << 20;
     c->primary = true;
     c->repl_window = 64;
     c->repl_chunk_bytes = 1u << 20;

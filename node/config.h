@@ -65,6 +65,7 @@ struct cfg {
     uint64_t upload_max_age_s;
     unsigned max_uploads;              /* open upload sessions per node; 0: unlimited */
     unsigned max_uploads_per_identity; /* per client identity (or address); 0: unlimited */
+    uint64_t min_free;                 /* writes refused (507) below this many free bytes */
     uint64_t upload_idle_timeout_s;    /* idle sessions are purged after this */
 
     /* replication */

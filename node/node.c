@@ -158,7 +158,8 @@ node_open(const struct cfg *cfg, struct node **out)
     struct store_options so = {.inline_max = cfg->inline_max,
                                .cache_bytes = cfg->cache_bytes,
                                .max_uploads = cfg->max_uploads,
-                               .max_uploads_per_owner = cfg->max_uploads_per_identity};
+                               .max_uploads_per_owner = cfg->max_uploads_per_identity,
+                               .min_free = cfg->min_free};
     if ((e = store_open(cfg->data_dir, &so, &n->store)))
         goto fail;
     struct http_config hc = {
@@ -264,6 +265,7 @@ housekeeping_work(uv_work_t *w)
 {
     struct node *n = w->data;
     static _Thread_local uint64_t last_purge;
+    (void)store_resume(n->store); /* after a full disk: reopen once space is back */
     uint64_t now = (uint64_t)time(NULL);
     /* idle sessions go after storage.upload_idle_timeout (looked at every quarter of
      * it, at most hourly), any session after storage.upload_max_age */

@@ -28,6 +28,7 @@ struct node {
     pthread_mutex_t audit_mu, audit_flush_mu;
     buf audit_queue; /* JSON lines waiting for audit_flush */
     uint64_t audit_dropped;
+    _Atomic uint64_t audit_dropped_total; /* queue full, or the store refused them */
     struct repl *repl; /* NULL on a single node without replication */
     _Atomic bool ready;
     _Atomic unsigned locate_waiters;

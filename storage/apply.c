@@ -345,6 +345,7 @@ err
 store_snapshot_stream(store *s, store_event_cb cb, void *arg, uint64_t *snapshot_seq)
 {
     struct snap sn = {.s = s, .cb = cb, .arg = arg};
+    db_rlock(s); /* the whole stream: a resume waits for it */
     pthread_mutex_lock(&s->commit_mu);
     const rocksdb_snapshot_t *snap = rocksdb_create_snapshot(s->db);
     *snapshot_seq = s->head;
@@ -362,6 +363,7 @@ store_snapshot_stream(store *s, store_event_cb cb, void *arg, uint64_t *snapshot
         e = snap_iter(&sn, CF_DEFAULT, "r/", snap_meta, 0);
     rocksdb_readoptions_destroy(sn.ro);
     rocksdb_release_snapshot(s->db, snap);
+    db_unlock(s);
     return e;
 }
 
@@ -498,7 +500,7 @@ store_rmeta_list(store *s, const char *prefix, store_list_cb cb, void *arg)
     err e = rmeta_key(&k, prefix);
     if (e)
         return e;
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_DEFAULT]);
+    rocksdb_iterator_t *it = db_iter(s, s->ro, CF_DEFAULT);
     for (rocksdb_iter_seek(it, k.ptr, k.len); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t kl, vl;
         const char *key = rocksdb_iter_key(it, &kl);
@@ -510,7 +512,7 @@ store_rmeta_list(store *s, const char *prefix, store_list_cb cb, void *arg)
     }
     char *msg = NULL;
     rocksdb_iter_get_error(it, &msg);
-    rocksdb_iter_destroy(it);
+    db_iter_end(s, it);
     buf_release(&k);
     return rdb_err("rmeta_list", msg);
 }
@@ -534,9 +536,16 @@ store_audit_append(store *s, const slice *entries, size_t n)
     }
     pthread_mutex_unlock(&s->audit_mu);
     char *msg = NULL;
+    err e = db_room(s);
+    if (e) {
+        rocksdb_writebatch_destroy(wb);
+        return e;
+    }
+    db_rlock(s);
     rocksdb_write(s->db, s->wo_nosync, wb, &msg);
+    db_unlock(s);
     rocksdb_writebatch_destroy(wb);
-    return rdb_err("audit_append", msg);
+    return rdb_werr(s, "audit_append", msg);
 }
 
 err
@@ -552,7 +561,7 @@ store_audit_query(store *s, uint64_t since_us, uint64_t until_us, const char *af
     }
     put_u64be(start, from);
     *more = false;
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_AUDIT]);
+    rocksdb_iterator_t *it = db_iter(s, s->ro, CF_AUDIT);
     size_t count = 0;
     for (rocksdb_iter_seek(it, start, 8); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t kl, vl;
@@ -581,7 +590,7 @@ store_audit_query(store *s, uint64_t since_us, uint64_t until_us, const char *af
     }
     char *msg = NULL;
     rocksdb_iter_get_error(it, &msg);
-    rocksdb_iter_destroy(it);
+    db_iter_end(s, it);
     return rdb_err("audit_query", msg);
 }
 
@@ -592,6 +601,8 @@ store_audit_trim(store *s, uint64_t before_us)
     put_u64be(a, 0);
     put_u64be(b, before_us);
     char *msg = NULL;
+    db_rlock(s);
     rocksdb_delete_range_cf(s->db, s->wo_nosync, s->cf[CF_AUDIT], a, 8, b, 8, &msg);
-    return rdb_err("audit_trim", msg);
+    db_unlock(s);
+    return rdb_werr(s, "audit_trim", msg);
 }

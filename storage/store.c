@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -109,6 +110,80 @@ rdb_err(const char *what, char *msg)
     return e;
 }
 
+/* A full disk as RocksDB words it (IOStatus NoSpace, from ENOSPC or EDQUOT). */
+static bool
+rdb_no_space(const char *msg)
+{
+    return strstr(msg, "No space left") || strstr(msg, "NoSpace") || strstr(msg, "no space") ||
+           strstr(msg, "Disk quota exceeded");
+}
+
+err
+rdb_werr(store *s, const char *what, char *msg)
+{
+    if (!msg)
+        return ERR_OK;
+    if (rdb_no_space(msg) || (atomic_load(&s->wedged) && strstr(msg, "read only"))) {
+        if (!atomic_exchange(&s->wedged, true))
+            log_error("STORE-FULL", "op=%s error=\"%s\" msg=\"writes refused until space "
+                      "returns\"", what, msg);
+        atomic_fetch_add(&s->space_refusals, 1);
+        rocksdb_free(msg);
+        return ERR_INSUFFICIENT_STORAGE;
+    }
+    return rdb_err(what, msg);
+}
+
+static uint64_t free_bytes(const store *s);
+
+static err
+room_at(store *s, uint64_t need)
+{
+    if (need && free_bytes(s) < need) {
+        atomic_fetch_add(&s->space_refusals, 1);
+        return ERR_INSUFFICIENT_STORAGE;
+    }
+    return ERR_OK;
+}
+
+err
+db_room(store *s)
+{
+    return room_at(s, s->min_free / 4);
+}
+
+err
+content_room(store *s)
+{
+    return room_at(s, s->min_free / 2);
+}
+
+void
+db_rlock(store *s)
+{
+    pthread_rwlock_rdlock(&s->db_lock);
+}
+
+void
+db_unlock(store *s)
+{
+    pthread_rwlock_unlock(&s->db_lock);
+}
+
+rocksdb_iterator_t *
+db_iter(store *s, const rocksdb_readoptions_t *ro, enum store_cf cf)
+{
+    db_rlock(s);
+    return rocksdb_create_iterator_cf(s->db, ro, s->cf[cf]);
+}
+
+void
+db_iter_end(store *s, rocksdb_iterator_t *it)
+{
+    rocksdb_iter_destroy(it);
+    db_unlock(s);
+}
+
 /* rget copies the value of key in cf into out (when out is not NULL). ERR_NOT_FOUND
  * when absent, ERR_WOULDBLOCK under STORE_NOWAIT when the disk would be read. */
 err
@@ -117,7 +192,9 @@ rget(store *s, enum store_cf cf, unsigned flags, const char *k, size_t klen, buf
     char *msg = NULL;
     size_t vlen = 0;
     rocksdb_readoptions_t *ro = (flags & STORE_NOWAIT) ? s->ro_nowait : s->ro;
+    db_rlock(s);
     char *v = rocksdb_get_cf(s->db, ro, s->cf[cf], k, klen, &vlen, &msg);
+    db_unlock(s);
     err e = rdb_err("get", msg);
     if (e)
         return e;
@@ -243,8 +320,12 @@ commit_locked(store *s, rocksdb_writebatch_t *wb, struct store_event *ev)
             goto out;
     }
     char *msg = NULL;
+    if ((e = db_room(s)))
+        goto out;
+    db_rlock(s);
     rocksdb_write(s->db, s->wo, wb, &msg);
-    e = rdb_err("write", msg);
+    db_unlock(s);
+    e = rdb_werr(s, "write", msg);
     if (!e && seq > s->head)
         s->head = seq;
     if (!e)
@@ -292,7 +373,7 @@ fsync_dir(const char *dir)
 static void
 load_head(store *s)
 {
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_REPLOG]);
+    rocksdb_iterator_t *it = db_iter(s, s->ro, CF_REPLOG);
     rocksdb_iter_seek_to_last(it);
     s->head = 0;
     if (rocksdb_iter_valid(it)) {
@@ -301,7 +382,7 @@ load_head(store *s)
         if (kl == 8)
             s->head = get_u64be(k);
     }
-    rocksdb_iter_destroy(it);
+    db_iter_end(s, it);
     /* A trimmed-empty log keeps its head in metadata. */
     buf v = BUF_INIT;
     if (rget(s, CF_DEFAULT, 0, "m/log_head", 10, &v) == ERR_OK && v.len == 8) {
@@ -323,6 +404,13 @@ store_open(const char *dir, const struct store_options *opt, store **out)
     pthread_mutex_init(&s->commit_mu, NULL);
     pthread_mutex_init(&s->uploads_mu, NULL);
     pthread_mutex_init(&s->audit_mu, NULL);
+    pthread_rwlockattr_t rwa;
+    pthread_rwlockattr_init(&rwa);
+    /* readers first: a thread iterating may read again (recursively) while a resume
+     * waits for the write lock */
+    pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_READER_NP);
+    pthread_rwlock_init(&s->db_lock, &rwa);
+    pthread_rwlockattr_destroy(&rwa);
     for (int i = 0; i < MCACHE_SHARDS; i++)
         pthread_mutex_init(&s->mcache_mu[i], NULL);
     s->gen = 1;
@@ -336,8 +424,9 @@ store_open(const char *dir, const struct store_options *opt, store **out)
     }
     snprintf(s->blob_dir, sizeof s->blob_dir, "%s/blobs", dir);
     snprintf(s->upload_dir, sizeof s->upload_dir, "%s/uploads", dir);
-    char dbdir[4200];
-    snprintf(dbdir, sizeof dbdir, "%s/db", dir);
+    char *dbdir = s->dbdir;
+    snprintf(s->dbdir, sizeof s->dbdir, "%s/db", dir);
+    s->min_free = opt ? opt->min_free : 0;
     if ((e = mkdir_p(dir)) || (e = mkdir_p(s->blob_dir)) || (e = mkdir_p(s->upload_dir))) {
         log_error("STORE-MKDIR", "dir=%s error=\"%s\"", dir, strerror(errno));
         goto out;
@@ -367,6 +456,11 @@ store_open(const char *dir, const struct store_options *opt, store **out)
     rocksdb_options_set_max_write_buffer_number(s->opts, 2);
     rocksdb_options_set_db_write_buffer_size(s->opts, 16u << 20);
     rocksdb_options_set_level_compaction_dynamic_level_bytes(s->opts, 1);
+    /* RocksDB's own info LOG: errors only, two small files, so that on a full disk
+     * the LOG is not what fills it (levels: 0 debug .. 3 error .. 4 fatal) */
+    rocksdb_options_set_info_log_level(s->opts, 3);
+    rocksdb_options_set_max_log_file_size(s->opts, 1u << 20);
+    rocksdb_options_set_keep_log_file_num(s->opts, 2);
 
     const rocksdb_options_t *cfopts[CF__COUNT];
     for (int i = 0; i < CF__COUNT; i++)
@@ -428,7 +522,116 @@ store_close(store *s)
     for (int i = 0; i < MCACHE_SHARDS; i++)
         pthread_mutex_destroy(&s->mcache_mu[i]);
     free(s->mcache);
+    pthread_rwlock_destroy(&s->db_lock);
     free(s);
+}
+
+/* ---- a full disk ---- */
+
+static uint64_t
+free_bytes(const store *s)
+{
+    struct statvfs v;
+    if (statvfs(s->dir, &v) != 0)
+        return UINT64_MAX; /* cannot tell: do not refuse on a guess */
+    return (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+}
+
+err
+store_space_check(store *s)
+{
+    if (atomic_load(&s->wedged) || (s->min_free && free_bytes(s) < s->min_free)) {
+        atomic_fetch_add(&s->space_refusals, 1);
+        return ERR_INSUFFICIENT_STORAGE;
+    }
+    return ERR_OK;
+}
+
+void
+store_space_stats(store *s, struct store_space *out)
+{
+    out->wedged = atomic_load(&s->wedged);
+    out->free_bytes = free_bytes(s);
+    out->min_free = s->min_free;
+    out->refusals = atomic_load(&s->space_refusals);
+    out->resumes = atomic_load(&s->resumes);
+}
+
+/* reopen_locked closes the db and opens it again, under db_lock held for writing.
+ * RocksDB 7.8's C API has no DB::Resume(), and a db that stopped on ENOSPC refuses
+ * every write until reopened. When it cannot be opened for writing, it is opened
+ * read-only, so that reads go on and s->db is never NULL; the store stays wedged. */
+static bool
+reopen_locked(store *s)
+{
+    for (int i = 0; i < CF__COUNT; i++) {
+        rocksdb_column_family_handle_destroy(s->cf[i]);
+        s->cf[i] = NULL;
+    }
+    rocksdb_close(s->db);
+    s->db = NULL;
+    const rocksdb_options_t *cfopts[CF__COUNT];
+    for (int i = 0; i < CF__COUNT; i++)
+        cfopts[i] = s->opts;
+    char *msg = NULL;
+    s->db = rocksdb_open_column_families(s->opts, s->dbdir, CF__COUNT, cf_names, cfopts, s->cf,
+                                         &msg);
+    if (s->db && !msg) {
+        s->read_only_db = false;
+        return true;
+    }
+    log_error("STORE-RESUME", "error=\"%s\" msg=\"reopening read-only\"", msg ? msg : "?");
+    rocksdb_free(msg);
+    msg = NULL;
+    s->db = rocksdb_open_for_read_only_column_families(s->opts, s->dbdir, CF__COUNT, cf_names,
+                                                       cfopts, s->cf, 0, &msg);
+    if (!s->db || msg) {
+        /* nothing to serve from: the process cannot go on (a restart opens it) */
+        log_error("STORE-RESUME", "error=\"%s\" msg=\"cannot reopen the store\"",
+                  msg ? msg : "?");
+        abort();
+    }
+    s->read_only_db = true;
+    return false;
+}
+
+bool
+store_resume(store *s)
+{
+    if (!atomic_load(&s->wedged))
+        return true;
+    uint64_t need = s->min_free > (4u << 20) ? s->min_free : (4u << 20);
+    if (free_bytes(s) < need)
+        return false;
+    /* RocksDB recovers by itself from a flush that met ENOSPC once space is back:
+     * a synced probe write tells whether it takes writes again */
+    char *msg = NULL;
+    db_rlock(s);
+    rocksdb_put_cf(s->db, s->wo, s->cf[CF_DEFAULT], "m/space_probe", 13, "1", 1, &msg);
+    db_unlock(s);
+    if (!msg) {
+        atomic_store(&s->wedged, false);
+        log_warn("STORE-RESUMED", "free_bytes=%llu msg=\"space is back: writes resume\"",
+                 (unsigned long long)free_bytes(s));
+        return true;
+    }
+    rocksdb_free(msg);
+    /* still stopped (a failed WAL write is not recovered): reopen */
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += 2;
+    if (pthread_rwlock_clockwrlock(&s->db_lock, CLOCK_MONOTONIC, &until) != 0)
+        return false; /* readers all along; the next call tries again */
+    bool ok = reopen_locked(s);
+    if (ok) {
+        atomic_store(&s->wedged, false);
+        atomic_fetch_add(&s->resumes, 1);
+    }
+    pthread_rwlock_unlock(&s->db_lock);
+    if (ok)
+        log_warn("STORE-RESUMED", "free_bytes=%llu msg=\"space is back: writes resume\"",
+                 (unsigned long long)free_bytes(s));
+    return ok;
 }
 
 /* ---- blobs ---- */
@@ -888,7 +1091,7 @@ delete_tags_of_locked(store *s, rocksdb_writebatch_t *wb, const char *repo, cons
     err e = key3(&prefix, repo, digest, "");
     if (e)
         goto out;
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_TAG_INDEX]);
+    rocksdb_iterator_t *it = db_iter(s, s->ro, CF_TAG_INDEX);
     for (rocksdb_iter_seek(it, prefix.ptr, prefix.len); rocksdb_iter_valid(it);
          rocksdb_iter_next(it)) {
         size_t kl;
@@ -904,7 +1107,7 @@ delete_tags_of_locked(store *s, rocksdb_writebatch_t *wb, const char *repo, cons
     char *msg = NULL;
     rocksdb_iter_get_error(it, &msg);
     e = rdb_err("iter", msg);
-    rocksdb_iter_destroy(it);
+    db_iter_end(s, it);
 out:
     buf_release(&prefix);
     buf_release(&k);
@@ -1009,7 +1212,7 @@ list_prefix(store *s, enum store_cf cf, slice prefix, const char *last, size_t n
         goto out;
     if (more)
         *more = false;
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[cf]);
+    rocksdb_iterator_t *it = db_iter(s, s->ro, cf);
     size_t count = 0;
     for (rocksdb_iter_seek(it, start.ptr, start.len); rocksdb_iter_valid(it);
          rocksdb_iter_next(it)) {
@@ -1032,7 +1235,7 @@ list_prefix(store *s, enum store_cf cf, slice prefix, const char *last, size_t n
     char *msg = NULL;
     rocksdb_iter_get_error(it, &msg);
     e = rdb_err("iter", msg);
-    rocksdb_iter_destroy(it);
+    db_iter_end(s, it);
 out:
     buf_release(&start);
     return e;
@@ -1101,7 +1304,7 @@ uint64_t
 store_log_first(store *s)
 {
     uint64_t first = store_log_head(s) + 1;
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_REPLOG]);
+    rocksdb_iterator_t *it = db_iter(s, s->ro, CF_REPLOG);
     rocksdb_iter_seek_to_first(it);
     if (rocksdb_iter_valid(it)) {
         size_t kl;
@@ -1109,7 +1312,7 @@ store_log_first(store *s)
         if (kl == 8)
             first = get_u64be(k);
     }
-    rocksdb_iter_destroy(it);
+    db_iter_end(s, it);
     return first;
 }
 
@@ -1118,7 +1321,7 @@ store_log_read(store *s, uint64_t from, size_t max, store_event_cb cb, void *arg
 {
     char k[8];
     put_u64be(k, from);
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_REPLOG]);
+    rocksdb_iterator_t *it = db_iter(s, s->ro, CF_REPLOG);
     size_t count = 0;
     err e = ERR_OK;
     for (rocksdb_iter_seek(it, k, 8); rocksdb_iter_valid(it) && count < max;
@@ -1142,7 +1345,7 @@ store_log_read(store *s, uint64_t from, size_t max, store_event_cb cb, void *arg
         rocksdb_iter_get_error(it, &msg);
         e = rdb_err("iter", msg);
     }
-    rocksdb_iter_destroy(it);
+    db_iter_end(s, it);
     return e;
 }
 
@@ -1182,10 +1385,14 @@ store_meta_put(store *s, const char *key, const void *val, size_t len)
 {
     buf k = BUF_INIT;
     err e = buf_addf(&k, "u/%s", key);
+    if (!e)
+        e = db_room(s);
     if (!e) {
         char *msg = NULL;
+        db_rlock(s);
         rocksdb_put_cf(s->db, s->wo, s->cf[CF_DEFAULT], k.ptr, k.len, val, len, &msg);
-        e = rdb_err("put", msg);
+        db_unlock(s);
+        e = rdb_werr(s, "put", msg);
     }
     buf_release(&k);
     return e;

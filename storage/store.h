@@ -29,6 +29,9 @@ struct store_options {
     /* Open upload sessions with an owner (store_upload_create_for), in all and per
      * owner; beyond them creating one fails with ERR_TOOMANYREQUESTS. 0: no cap. */
     unsigned max_uploads, max_uploads_per_owner;
+    /* Writes are refused (ERR_INSUFFICIENT_STORAGE) up front while the data dir's
+     * file system has fewer free bytes than this; 0: only a real ENOSPC refuses. */
+    uint64_t min_free;
 };
 
 /* Read flags. STORE_NOWAIT: answer only from memory (memtable, block cache, open
@@ -251,6 +254,25 @@ struct store_stats {
     uint64_t blobs_inline, blobs_files, uploads_open;
 };
 void store_get_stats(store *s, struct store_stats *out);
+
+/* ---- a full disk (issue 8 §6) ---- */
+
+/* store_space_check: ERR_INSUFFICIENT_STORAGE while the store refuses writes (RocksDB
+ * stopped on a full disk and has not been resumed) or the file system has less than
+ * min_free bytes free; counted. Handlers call it before they write anything. */
+err store_space_check(store *s);
+/* store_resume: when RocksDB stopped writing for lack of space and space is back
+ * (at least min_free, and 4 MiB), closes and reopens it; call it every few seconds.
+ * Returns true when the store takes writes. */
+bool store_resume(store *s);
+struct store_space {
+    bool wedged;          /* RocksDB refuses writes until store_resume */
+    uint64_t free_bytes;  /* of the data dir's file system, for unprivileged users */
+    uint64_t min_free;
+    uint64_t refusals;    /* writes refused for lack of space */
+    uint64_t resumes;     /* successful reopen after a full disk */
+};
+void store_space_stats(store *s, struct store_space *out);
 
 
 /* ---- replication support ---- */

@@ -99,6 +99,15 @@ struct store {
 
     pthread_mutex_t audit_mu;
     uint64_t audit_last_us; /* audit keys are strictly increasing */
+
+    /* Full disk (issue 8 §6). Every use of db holds db_lock for reading; a resume
+     * (close and reopen after RocksDB stopped writing) holds it for writing. */
+    pthread_rwlock_t db_lock;
+    char dbdir[4200];
+    _Atomic bool wedged;        /* RocksDB refused a write for lack of space */
+    bool read_only_db;          /* a resume could only reopen the db read-only */
+    uint64_t min_free;          /* refuse new writes below this many free bytes */
+    _Atomic uint64_t space_refusals, resumes;
 };
 
 void put_u64le(char *p, uint64_t v);
@@ -128,5 +137,20 @@ err delete_tag_locked(store *s, rocksdb_writebatch_t *wb, const char *repo, cons
 void put_u64be(char *p, uint64_t v);
 uint64_t get_u64be(const char *p);
 err rdb_err(const char *what, char *msg);
+/* rdb_werr is rdb_err for a write: a full disk is ERR_INSUFFICIENT_STORAGE and
+ * marks the store wedged until store_resume reopens it. */
+err rdb_werr(store *s, const char *what, char *msg);
+/* db_iter / db_iter_end: an iterator over cf, holding db_lock (for reading) while
+ * it lives. */
+rocksdb_iterator_t *db_iter(store *s, const rocksdb_readoptions_t *ro, enum store_cf cf);
+void db_iter_end(store *s, rocksdb_iterator_t *it);
+/* db_room: ERR_INSUFFICIENT_STORAGE (counted) when fewer than min_free/4 bytes are
+ * free, checked before every RocksDB write: RocksDB itself never meets ENOSPC while
+ * the reserve holds (Debian's build asserts on a write after a failed WAL append). */
+err db_room(store *s);
+/* content_room: the same for content-file bytes (uploads), at min_free/2. */
+err content_room(store *s);
+void db_rlock(store *s);
+void db_unlock(store *s);
 
 #endif

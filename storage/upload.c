@@ -53,6 +53,8 @@ struct store_upload {
     hasher *h; /* SHA-256 of bytes [0, offset) */
     uint64_t offset;
     uint64_t synced_to; /* writeback started up to here */
+    uint64_t room_checked; /* free space last looked at, at this offset */
+    store *s;
     uint64_t created_s;
     uint64_t touched_s;
     bool busy;  /* a request holds it; under uploads_mu */
@@ -259,13 +261,15 @@ put_session(store *s, const struct store_upload *u, bool sync)
     memcpy(v + 26, u->owner, ol);
     memcpy(v + 26 + ol, u->repo, rl);
     char *msg = NULL;
+    err room = db_room(s);
+    if (room)
+        return room;
+    db_rlock(s);
     rocksdb_put_cf(s->db, sync ? s->wo : s->wo_nosync, s->cf[CF_UPLOADS], u->id,
                    STORE_UPLOAD_ID_LEN, v, 26 + ol + rl, &msg);
-    if (msg) {
-        log_error("STORE-ROCKSDB", "op=put_session error=\"%s\"", msg);
-        rocksdb_free(msg);
-        return ERR_IO;
-    }
+    db_unlock(s);
+    if (msg)
+        return rdb_werr(s, "put_session", msg);
     return ERR_OK;
 }
 
@@ -295,7 +299,7 @@ parse_session(slice v, struct store_upload *u)
 void
 uploads_count(store *s)
 {
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_UPLOADS]);
+    rocksdb_iterator_t *it = db_iter(s, s->ro, CF_UPLOADS);
     pthread_mutex_lock(&s->uploads_mu);
     for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t vl;
@@ -305,7 +309,7 @@ uploads_count(store *s)
             session_count_locked(s, tmp.owner);
     }
     pthread_mutex_unlock(&s->uploads_mu);
-    rocksdb_iter_destroy(it);
+    db_iter_end(s, it);
 }
 
 err
@@ -332,6 +336,7 @@ store_upload_create_for(store *s, const char *repo, const char *owner,
     if (!u)
         goto out;
     u->fd = -1;
+    u->s = s;
     str_copy(u->owner, sizeof u->owner, owner ? owner : "");
     /* the caps are checked and the session counted at once, so that concurrent
      * creators cannot all slip under them */
@@ -448,6 +453,7 @@ load_session(store *s, const char *id, struct store_upload **out)
     if (!u)
         goto out;
     u->fd = -1;
+    u->s = s;
     e = rget(s, CF_UPLOADS, 0, id, strlen(id), &v);
     if (e == ERR_NOT_FOUND)
         e = ERR_BLOB_UPLOAD_UNKNOWN;
@@ -604,15 +610,30 @@ write_bytes(store_upload *u, const void *ptr, size_t len, bool hash)
     size_t left = len;
     if (u->broken)
         return u->broken;
+    if (u->offset + len - u->room_checked >= (1u << 20) || !u->room_checked) {
+        /* content bytes stop at half the reserve, so RocksDB keeps the rest */
+        u->room_checked = u->offset + 1;
+        if (content_room(u->s)) {
+            log_warn("STORE-UPLOAD-FULL", "id=%s offset=%llu msg=\"below half of "
+                     "storage.min_free\"", u->id, (unsigned long long)u->offset);
+            u->broken = ERR_INSUFFICIENT_STORAGE;
+            if (ftruncate(u->fd, 0) != 0)
+                log_error("STORE-UPLOAD-TRUNCATE", "id=%s error=\"%s\"", u->id, strerror(errno));
+            return u->broken;
+        }
+    }
     while (left) {
         ssize_t n = pwrite(u->fd, p, left, (off_t)u->offset);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
-            int saved = errno;
+            int saved = n < 0 ? errno : EIO;
             log_error("STORE-UPLOAD-WRITE", "id=%s error=\"%s\"", u->id, strerror(saved));
-            u->broken = ERR_IO;
-            return ERR_IO;
+            /* a full disk: the session goes at release (space_lost), its bytes now */
+            u->broken = saved == ENOSPC || saved == EDQUOT ? ERR_INSUFFICIENT_STORAGE : ERR_IO;
+            if (u->broken == ERR_INSUFFICIENT_STORAGE && ftruncate(u->fd, 0) != 0)
+                log_error("STORE-UPLOAD-TRUNCATE", "id=%s error=\"%s\"", u->id, strerror(errno));
+            return u->broken;
         }
         if (hash)
             hasher_update(u->h, p, (size_t)n);
@@ -661,9 +682,20 @@ store_upload_write_deferred(store_upload *u, const void *ptr, size_t len,
     return ERR_OK;
 }
 
+static void drop_upload(store *s, struct store_upload *u, bool remove_file);
+
 void
 store_upload_release(store *s, store_upload *u)
 {
+    if (u->broken == ERR_INSUFFICIENT_STORAGE) {
+        /* A write failed on a full disk: the session cannot continue (its hash
+         * covers bytes that are gone), so it and its file go now; the client's
+         * next request gets BLOB_UPLOAD_UNKNOWN and starts the upload again. */
+        hashq_stop(u);
+        log_warn("STORE-UPLOAD-DROPPED", "id=%s reason=insufficient_storage", u->id);
+        drop_upload(s, u, true);
+        return;
+    }
     hashq_stop(u); /* the helper lives only while someone holds the upload */
     u->touched_s = now_s();
     put_session(s, u, false);
@@ -688,9 +720,11 @@ drop_upload(store *s, struct store_upload *u, bool remove_file)
     session_uncount_locked(s, u->owner);
     pthread_mutex_unlock(&s->uploads_mu);
     char *msg = NULL;
+    db_rlock(s);
     rocksdb_delete_cf(s->db, s->wo_nosync, s->cf[CF_UPLOADS], u->id, STORE_UPLOAD_ID_LEN, &msg);
-    if (msg)
-        rocksdb_free(msg);
+    db_unlock(s);
+    if (msg) /* the session record outlives the file; open skips records without one */
+        (void)rdb_werr(s, "delete_session", msg);
     if (remove_file)
         unlink(path);
     upload_free(u);
@@ -726,8 +760,9 @@ place_file(store *s, struct store_upload *u, const char *digest)
     blob_path(s, digest, dst, sizeof dst);
     blob_dir_of(s, digest, dir, sizeof dir);
     if (fdatasync(u->fd) != 0) {
-        log_error("STORE-FSYNC", "path=%s error=\"%s\"", tmp, strerror(errno));
-        return ERR_IO;
+        int saved = errno;
+        log_error("STORE-FSYNC", "path=%s error=\"%s\"", tmp, strerror(saved));
+        return saved == ENOSPC || saved == EDQUOT ? ERR_INSUFFICIENT_STORAGE : ERR_IO;
     }
     /* blobs/<alg>/<xx>: created on first use, and made durable */
     char algdir[4400];
@@ -869,7 +904,7 @@ void
 store_upload_purge(store *s, uint64_t max_age_s)
 {
     uint64_t now = now_s();
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(s->db, s->ro, s->cf[CF_UPLOADS]);
+    rocksdb_iterator_t *it = db_iter(s, s->ro, CF_UPLOADS);
     for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t kl, vl;
         const char *k = rocksdb_iter_key(it, &kl);
@@ -893,9 +928,11 @@ store_upload_purge(store *s, uint64_t max_age_s)
             unlink_locked(s, u);
         session_uncount_locked(s, tmp.owner);
         char *msg = NULL;
+        db_rlock(s);
         rocksdb_delete_cf(s->db, s->wo_nosync, s->cf[CF_UPLOADS], id, STORE_UPLOAD_ID_LEN, &msg);
+        db_unlock(s);
         if (msg)
-            rocksdb_free(msg);
+            (void)rdb_werr(s, "delete_session", msg);
         upload_path(s, id, path, sizeof path);
         unlink(path);
         pthread_mutex_unlock(&s->uploads_mu);
@@ -903,5 +940,5 @@ store_upload_purge(store *s, uint64_t max_age_s)
         log_info("STORE-UPLOAD-PURGED", "id=%s repo=%s owner=%s idle_s=%llu", id, tmp.repo,
                  tmp.owner, (unsigned long long)(now - tmp.touched_s));
     }
-    rocksdb_iter_destroy(it);
+    db_iter_end(s, it);
 }

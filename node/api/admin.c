@@ -21,6 +21,16 @@ h_healthz(struct http_req *r, bool nowait)
     return ERR_OK;
 }
 
+/* the store refuses writes: RocksDB stopped, or below storage.min_free (not counted
+ * as a refusal, unlike store_space_check) */
+static bool
+store_full(store *s)
+{
+    struct store_space sp;
+    store_space_stats(s, &sp);
+    return sp.wedged || (sp.min_free && sp.free_bytes < sp.min_free);
+}
+
 static err
 h_readyz(struct http_req *r, bool nowait)
 {
@@ -30,6 +40,10 @@ h_readyz(struct http_req *r, bool nowait)
         http_resp_error(r, ERR_UNAVAILABLE, "not ready", NULL);
     else if (!repl_ready(n->repl))
         http_resp_error(r, ERR_UNAVAILABLE, "resyncing from the primary", NULL);
+    else if (store_full(n->store))
+        http_resp_error(r, ERR_UNAVAILABLE,
+                        "the store refuses writes: the disk is full (or below storage.min_free)",
+                        NULL);
     else
         http_resp_json(r, 200, "{\"status\":\"ready\"}", 18);
     return ERR_OK;
@@ -52,6 +66,21 @@ h_metrics(struct http_req *r, bool nowait)
     (void)nowait;
     metric(&b, "georeg_http_requests_total", "counter", "HTTP requests received",
            atomic_load(&hs->requests));
+    struct store_space sp;
+    store_space_stats(n->store, &sp);
+    metric(&b, "georeg_store_wedged", "gauge",
+           "1 while RocksDB refuses writes after a full disk (until space returns)",
+           sp.wedged ? 1 : 0);
+    metric(&b, "georeg_store_free_bytes", "gauge", "free bytes on the data dir's file system",
+           sp.free_bytes == UINT64_MAX ? 0 : sp.free_bytes);
+    metric(&b, "georeg_store_min_free_bytes", "gauge", "storage.min_free", sp.min_free);
+    metric(&b, "georeg_store_space_refusals_total", "counter",
+           "writes refused with 507 for lack of space", sp.refusals);
+    metric(&b, "georeg_store_resumes_total", "counter",
+           "times the store was reopened for writing after a full disk", sp.resumes);
+    metric(&b, "georeg_audit_dropped_total", "counter",
+           "audit entries lost (queue full, or the store refused them)",
+           atomic_load(&n->audit_dropped_total));
     buf_adds(&b, "# HELP georeg_http_responses_total HTTP responses by status class\n"
                  "# TYPE georeg_http_responses_total counter\n");
     buf_addf(&b, "georeg_http_responses_total{class=\"2xx\"} %llu\n",

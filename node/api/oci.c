@@ -949,6 +949,27 @@ refuse_write(struct http_req *r)
     return true;
 }
 
+/* refuse_full: 507 while the store refuses writes for lack of space (a DELETE only
+ * while RocksDB itself is stopped: below storage.min_free it may free space). */
+static bool
+refuse_full(struct http_req *r)
+{
+    store *s = node_of(r)->store;
+    struct store_space sp;
+    store_space_stats(s, &sp);
+    if (r->method == M_DELETE && !sp.wedged)
+        return false;
+    if (store_space_check(s) == ERR_OK)
+        return false;
+    char msg[200];
+    snprintf(msg, sizeof msg, "insufficient storage: %llu bytes free, %s",
+             (unsigned long long)sp.free_bytes,
+             sp.wedged ? "the store stopped writing; it resumes when space returns"
+                       : "below storage.min_free");
+    http_resp_error(r, ERR_INSUFFICIENT_STORAGE, msg, NULL);
+    return true;
+}
+
 static void
 route_v2(struct http_req *r, slice p)
 {
@@ -983,7 +1004,7 @@ route_v2(struct http_req *r, slice p)
         r->handler_on_pool = true;
         return;
     }
-    if (write && refuse_write(r))
+    if (write && (refuse_write(r) || refuse_full(r)))
         return;
     if (split_last(p, "manifests", &name, &tail)) {
         if (!set_name(r, name))

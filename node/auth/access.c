@@ -74,6 +74,19 @@ audit_log(struct node *n, struct http_req *r, const char *action, const char *re
     buf_release(&b);
 }
 
+/* audit_append writes k entries; what the store refuses (a full disk) is counted. */
+static void
+audit_append(struct node *n, const slice *items, size_t k)
+{
+    if (!k)
+        return;
+    err e = store_audit_append(n->store, items, k);
+    if (e) {
+        atomic_fetch_add(&n->audit_dropped_total, k);
+        log_warn("AUDIT-DROPPED", "entries=%zu reason=%s", k, err_name(e));
+    }
+}
+
 void
 audit_flush(struct node *n)
 {
@@ -85,8 +98,10 @@ audit_flush(struct node *n)
     uint64_t dropped = n->audit_dropped;
     n->audit_dropped = 0;
     pthread_mutex_unlock(&n->audit_mu);
-    if (dropped)
+    if (dropped) {
         log_warn("AUDIT-DROPPED", "entries=%llu reason=queue_full", (unsigned long long)dropped);
+        atomic_fetch_add(&n->audit_dropped_total, dropped);
+    }
     slice items[512];
     size_t k = 0;
     const char *p = q.ptr, *end = q.ptr + q.len;
@@ -96,12 +111,12 @@ audit_flush(struct node *n)
             break;
         items[k++] = (slice){p, (size_t)(nl - p)};
         if (k == 512) {
-            store_audit_append(n->store, items, k);
+            audit_append(n, items, k);
             k = 0;
         }
         p = nl + 1;
     }
-    store_audit_append(n->store, items, k);
+    audit_append(n, items, k);
     pthread_mutex_unlock(&n->audit_flush_mu);
     buf_release(&q);
 }
