@@ -238,6 +238,8 @@ static const struct key keys[] = {
     {"replication.log_retention", K_INT, F(repl_log_retention)},
     {"replication.heartbeat", K_DUR, F(repl_heartbeat_ms)},
     {"replication.epoch", K_INT, F(repl_min_epoch)},
+    {"replication.max_staleness", K_DUR, F(repl_max_staleness_ms)},
+    {"cluster.initial_primary", K_STR, F(initial_primary)},
     {"auth.mode", K_AUTH, F(auth_mode)},
     {"auth.allow_none_off_loopback", K_BOOL, F(allow_none_off_loopback)},
     {"auth.service", K_STR, F(auth_service)},
@@ -256,7 +258,13 @@ static const struct key replica_keys[] = {
     {"exclude", K_LIST, R(exclude)},
     {"include_tags", K_LIST, R(include_tags)},
     {"exclude_tags", K_LIST, R(exclude_tags)},
+    {"url", K_STR, R(url)},
+    {"primary_eligible", K_BOOL, R(eligible)},
 };
+
+/* The lists of maps: replication.replicas (a fixed-role primary's secondaries) and
+ * cluster.regions (the cluster description). */
+static const char *const list_prefixes[] = {"replication.replicas.", "cluster.regions."};
 
 #undef F
 #undef R
@@ -478,8 +486,10 @@ known_path(const char *path)
             (path[l] == '\0' || (keys[i].type == K_LIST && path[l] == '.')))
             return true;
     }
-    const char *pre = "replication.replicas.";
-    if (strncmp(path, pre, strlen(pre)) == 0) {
+    for (size_t li = 0; li < sizeof list_prefixes / sizeof list_prefixes[0]; li++) {
+        const char *pre = list_prefixes[li];
+        if (strncmp(path, pre, strlen(pre)) != 0)
+            continue;
         const char *p = path + strlen(pre);
         if (!isdigit((unsigned char)*p))
             return false;
@@ -525,6 +535,7 @@ cfg_defaults(struct cfg *c)
     c->repl_chunk_bytes = 1u << 20;
     c->repl_log_retention = 1000000;
     c->repl_heartbeat_ms = 1000;
+    c->repl_max_staleness_ms = 30000;
     c->admin_enabled = true;
     c->http_enabled = true;
     c->token_ttl_ms = 300000;
@@ -540,6 +551,10 @@ cfg_release(struct cfg *c)
         list_clear(&c->replicas[i].exclude);
         list_clear(&c->replicas[i].include_tags);
         list_clear(&c->replicas[i].exclude_tags);
+        list_clear(&c->regions[i].include);
+        list_clear(&c->regions[i].exclude);
+        list_clear(&c->regions[i].include_tags);
+        list_clear(&c->regions[i].exclude_tags);
     }
     list_clear(&c->anonymous_pull);
     list_clear(&c->repl_primaries);
@@ -574,26 +589,63 @@ cfg_load(struct cfg *c, const char *path, char *why, size_t why_len)
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if ((e = set_key(&keys[i], keys[i].path, &f, c, why, why_len)))
             goto out;
-    /* replicas: as many as the file or the environment name */
-    c->nreplicas = 0;
-    for (size_t r = 0; r < CFG_MAX_REPLICAS; r++) {
-        char p[128], envp[160];
-        snprintf(p, sizeof p, "replication.replicas.%zu.name", r);
-        env_name(p, envp, sizeof envp);
-        if (!flat_get(&f, p) && !getenv(envp))
-            continue;
-        struct cfg_replica *rep = &c->replicas[c->nreplicas];
-        for (size_t i = 0; i < sizeof replica_keys / sizeof replica_keys[0]; i++) {
-            snprintf(p, sizeof p, "replication.replicas.%zu.%s", r, replica_keys[i].path);
-            if ((e = set_key(&replica_keys[i], p, &f, rep, why, why_len)))
+    /* replicas and regions: as many as the file or the environment name */
+    for (size_t li = 0; li < 2; li++) {
+        const char *pre = list_prefixes[li];
+        struct cfg_replica *arr = li ? c->regions : c->replicas;
+        size_t *count = li ? &c->nregions : &c->nreplicas;
+        *count = 0;
+        for (size_t r = 0; r < CFG_MAX_REPLICAS; r++) {
+            char p[128], envp[160];
+            snprintf(p, sizeof p, "%s%zu.name", pre, r);
+            env_name(p, envp, sizeof envp);
+            if (!flat_get(&f, p) && !getenv(envp))
+                continue;
+            struct cfg_replica *rep = &arr[*count];
+            rep->eligible = true;
+            for (size_t i = 0; i < sizeof replica_keys / sizeof replica_keys[0]; i++) {
+                snprintf(p, sizeof p, "%s%zu.%s", pre, r, replica_keys[i].path);
+                if ((e = set_key(&replica_keys[i], p, &f, rep, why, why_len)))
+                    goto out;
+            }
+            if (!rep->name[0] || !rep->address[0]) {
+                snprintf(why, why_len, "%s%zu needs name and address", pre, r);
+                e = ERR_CONFIG;
                 goto out;
+            }
+            for (size_t k = 0; k < *count; k++) {
+                if (strcmp(arr[k].name, rep->name) == 0) {
+                    snprintf(why, why_len, "%s%zu: the name %s is used twice", pre, r,
+                             rep->name);
+                    e = ERR_CONFIG;
+                    goto out;
+                }
+            }
+            (*count)++;
         }
-        if (!rep->name[0] || !rep->address[0]) {
-            snprintf(why, why_len, "replication.replicas.%zu needs name and address", r);
+    }
+    if (c->nregions) {
+        bool self = false, initial = !c->initial_primary[0];
+        for (size_t k = 0; k < c->nregions; k++) {
+            self = self || strcmp(c->regions[k].name, c->name) == 0;
+            initial = initial || strcmp(c->regions[k].name, c->initial_primary) == 0;
+        }
+        if (!self) {
+            snprintf(why, why_len, "node.name %s is not one of cluster.regions", c->name);
             e = ERR_CONFIG;
             goto out;
         }
-        c->nreplicas++;
+        if (!initial) {
+            snprintf(why, why_len, "cluster.initial_primary %s is not one of cluster.regions",
+                     c->initial_primary);
+            e = ERR_CONFIG;
+            goto out;
+        }
+        if (c->nreplicas) {
+            snprintf(why, why_len, "cluster.regions replaces replication.replicas: use one");
+            e = ERR_CONFIG;
+            goto out;
+        }
     }
     if (!c->http_enabled && !c->private_listen[0]) {
         snprintf(why, why_len, "http.enabled is false but no http.private.listen is set");

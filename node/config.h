@@ -25,6 +25,8 @@ struct cfg_globs {
 struct cfg_replica {
     char name[64];
     char address[256]; /* nng URL: tls+tcp://host:port or tcp://host:port */
+    char url[256];     /* cluster regions: the region's HTTP URL */
+    bool eligible;     /* cluster regions: may become primary (default true) */
     struct cfg_globs include, exclude;           /* repository globs */
     struct cfg_globs include_tags, exclude_tags; /* tag globs */
 };
@@ -82,6 +84,12 @@ struct cfg {
     struct cfg_globs repl_primaries; /* secondaries: names allowed to command it */
     struct cfg_replica replicas[CFG_MAX_REPLICAS];
     size_t nreplicas;
+    uint64_t repl_max_staleness_ms; /* a secondary staler than this is not ready */
+
+    /* cluster: one description every node loads (regions; the role is state) */
+    struct cfg_replica regions[CFG_MAX_REPLICAS];
+    size_t nregions;
+    char initial_primary[64];
 
     /* auth */
     int auth_mode; /* enum auth_mode; -1 until stated (auth.mode is required) */

@@ -38,6 +38,10 @@ usage(FILE *f)
             "  sp     create NAME [--role R] [--scope S] | list | delete NAME\n"
             "  audit  [--since T] [--until T] [--repo R] [--actor A] [--action X] [--limit N]\n"
             "  fence  [set|clear] [--url URL]           show, set or clear a primary's fence\n"
+            "  promote [--force] [--url URL]            make that secondary the primary (a new "
+            "epoch)\n"
+            "  conflicts [--json] [--all] [--url URL]   tags lost to a failover, per report\n"
+            "  conflicts resolve REPORT N --keep-new|--take-old|--retagged\n"
             "         admin commands take --url, --user, --password-file, --ca\n"
             "         (or GEOREG_URL, GEOREG_USER, GEOREG_PASSWORD, GEOREG_CA)\n"
             "  version\n");

@@ -57,9 +57,27 @@ open_repl(struct node *n)
         globs_of(&cr->include_tags, ro[i].filter.include_tags, &ro[i].filter.ninclude_tags);
         globs_of(&cr->exclude_tags, ro[i].filter.exclude_tags, &ro[i].filter.nexclude_tags);
     }
+    struct repl_region rg[CFG_MAX_REPLICAS];
+    memset(rg, 0, sizeof rg);
+    const char *self_url = NULL;
+    for (size_t i = 0; i < c->nregions; i++) {
+        const struct cfg_replica *cr = &c->regions[i];
+        rg[i].name = cr->name;
+        rg[i].address = cr->address;
+        rg[i].url = cr->url;
+        rg[i].eligible = cr->eligible;
+        globs_of(&cr->include, rg[i].filter.include, &rg[i].filter.ninclude);
+        globs_of(&cr->exclude, rg[i].filter.exclude, &rg[i].filter.nexclude);
+        globs_of(&cr->include_tags, rg[i].filter.include_tags, &rg[i].filter.ninclude_tags);
+        globs_of(&cr->exclude_tags, rg[i].filter.exclude_tags, &rg[i].filter.nexclude_tags);
+        if (strcmp(cr->name, c->name) == 0 && cr->url[0])
+            self_url = cr->url;
+    }
     char url[300];
     if (c->public_url[0])
         str_copy(url, sizeof url, c->public_url);
+    else if (self_url)
+        str_copy(url, sizeof url, self_url);
     else if (c->http_enabled)
         snprintf(url, sizeof url, "%s://%s", c->http_tls.cert[0] ? "https" : "http", c->listen);
     else
@@ -80,6 +98,10 @@ open_repl(struct node *n)
         .chunk_bytes = c->repl_chunk_bytes,
         .log_retention = c->repl_log_retention,
         .heartbeat_ms = c->repl_heartbeat_ms,
+        .max_staleness_ms = c->repl_max_staleness_ms,
+        .regions = rg,
+        .nregions = c->nregions,
+        .initial_primary = c->initial_primary,
         .replicas = ro,
         .nreplicas = c->nreplicas,
         .tls_client_cert = c->repl_tls.client_cert,

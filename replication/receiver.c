@@ -16,6 +16,14 @@
 #include "../common/ref.h"
 #include "../common/banned.h"
 
+/* One connected node, as far as its proof went. */
+struct peer {
+    uint32_t pipe; /* 0: a free slot */
+    uint64_t last_ms;
+    bool nonce_set;
+    unsigned char nonce[32];
+};
+
 /* A blob arriving in chunks. */
 struct ingest {
     char digest[DIGEST_MAX];
@@ -34,12 +42,14 @@ struct recv {
     char done[DIGEST_MAX];
     char error[256];
     uint32_t pipe;          /* the pipe of the message being handled */
-    /* peer authentication: the pipe whose primary is proven, its name and epoch */
+    /* Several nodes may be connected at once (a polyamorous socket): the primary,
+     * a replaced primary that has not learned it yet, a candidate asking where this
+     * node is. Each pipe proves itself; commands are taken from one: the proven
+     * primary of the newest epoch (auth_*). */
+    struct peer peers[RECV_MAX_PEERS];
     uint32_t auth_pipe;
     char auth_name[64];
     uint64_t auth_epoch;
-    uint32_t nonce_pipe;    /* the pipe the nonce was sent to (0: none pending) */
-    unsigned char nonce[32];
 };
 
 static void
@@ -289,7 +299,10 @@ reply(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
 {
     repl *r = rc->r;
     ack->acked_msg_id = msg_id;
-    ack->applied_seq = store_applied_seq(r->store);
+    /* where this node's log is: what it applied, or, as a primary, what it wrote */
+    ack->applied_seq = r->primary ? store_log_head(r->store) : store_applied_seq(r->store);
+    ack->is_primary = r->primary;
+    ack->filtered = r->self_filtered;
     ack->error = rc->error;
     ack->blob_failed = rc->failed;
     ack->blob_done = rc->done;
@@ -303,7 +316,63 @@ reply(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
     envelope env = GEOREG__REPL__ENVELOPE__INIT;
     env.body_case = GEOREG__REPL__ENVELOPE__BODY_ACK;
     env.ack = ack;
-    wire_send(r, r->rsock, &env, 0);
+    wire_send_to(r, r->rsock, rc->pipe, &env);
+}
+
+/* reply_history answers with our history of promotions in the ack: a replaced
+ * primary learns (verifiably) that it was, a primary finds the fork point. */
+static void
+reply_history_of(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id, struct history *h)
+{
+    struct hist_pb pb = {0};
+    if (!hist_pb_new(h, &pb)) {
+        ack->n_history = pb.n;
+        ack->history = pb.ptrs;
+    }
+    reply(rc, ack, msg_id);
+    ack->n_history = 0;
+    ack->history = NULL;
+    hist_pb_free(&pb);
+}
+
+static void
+reply_history(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
+{
+    repl *r = rc->r;
+    struct history h;
+    struct hist_pb pb = {0};
+    hist_init(&h);
+    pthread_mutex_lock(&r->hmu);
+    err e = hist_copy(&h, &r->hist);
+    pthread_mutex_unlock(&r->hmu);
+    if (!e && !hist_pb_new(&h, &pb)) {
+        ack->n_history = pb.n;
+        ack->history = pb.ptrs;
+    }
+    reply(rc, ack, msg_id);
+    ack->n_history = 0;
+    ack->history = NULL;
+    hist_pb_free(&pb);
+    hist_release(&h);
+}
+
+static struct peer *
+peer_of(struct recv *rc, uint32_t pipe)
+{
+    struct peer *free_slot = NULL, *oldest = &rc->peers[0];
+    for (size_t i = 0; i < RECV_MAX_PEERS; i++) {
+        struct peer *p = &rc->peers[i];
+        if (p->pipe == pipe)
+            return p;
+        if (!p->pipe && !free_slot)
+            free_slot = p;
+        if (p->last_ms < oldest->last_ms)
+            oldest = p;
+    }
+    struct peer *p = free_slot ? free_slot : oldest;
+    memset(p, 0, sizeof *p);
+    p->pipe = pipe;
+    return p;
 }
 
 static bool
@@ -324,45 +393,86 @@ proof_required(repl *r)
     return r->tls_key[0] && r->tls_ca[0];
 }
 
-/* accept_peer makes pipe the proven primary's at epoch, after the epoch rules. */
+/* accept_peer decides what a proven peer at epoch is to this node (its history
+ * already learned): the primary it follows, a stale primary, or neither. */
 static void
-accept_peer(struct recv *rc, const envelope *env, uint64_t epoch, Georeg__Repl__Ack *ack)
+accept_peer(struct recv *rc, const envelope *env, bool probe, Georeg__Repl__Ack *ack)
 {
     repl *r = rc->r;
+    uint64_t epoch = env->epoch;
     uint64_t mine = atomic_load(&r->epoch);
+    bool known = false;
+    bool writer = repl_writer_is(r, epoch, env->sender, &known);
+    if (probe)
+        return; /* a candidate asking where we are: the answer is the ack */
     if (epoch < mine) {
         atomic_fetch_add(&r->stale_epoch_rejects, 1);
         log_warn("REPL-STALE-EPOCH", "sender=%s their_epoch=%llu our_epoch=%llu", env->sender,
                  (unsigned long long)epoch, (unsigned long long)mine);
         snprintf(rc->error, sizeof rc->error, "stale epoch %llu: this node is at epoch %llu",
                  (unsigned long long)epoch, (unsigned long long)mine);
-        (void)ack;
         return;
     }
-    if (epoch > mine + REPL_MAX_EPOCH_JUMP) {
+    if (epoch > mine) {
+        /* learning the sender's history would have raised ours: no record for it */
         char d[120];
-        snprintf(d, sizeof d, "epoch %llu jumps more than %d above %llu",
-                 (unsigned long long)epoch, REPL_MAX_EPOCH_JUMP, (unsigned long long)mine);
+        snprintf(d, sizeof d, "epoch %llu without a verifiable promotion record (ours: %llu)",
+                 (unsigned long long)epoch, (unsigned long long)mine);
         repl_refuse(r, REFUSE_EPOCH, env->sender, d);
         snprintf(rc->error, sizeof rc->error, "refused: %s", d);
         return;
     }
-    wire_epoch_adopt(r, epoch, env->sender);
+    if (known && !writer) {
+        char d[160];
+        snprintf(d, sizeof d, "%.60s is not the primary of epoch %llu", env->sender,
+                 (unsigned long long)epoch);
+        repl_refuse(r, REFUSE_NOT_PRIMARY, env->sender, d);
+        snprintf(rc->error, sizeof rc->error, "refused: %s", d);
+        return;
+    }
+    if (r->primary) {
+        if (!known || strcmp(env->sender, r->node_name) == 0 ||
+            repl_writer_is(r, epoch, r->node_name, &known)) {
+            snprintf(rc->error, sizeof rc->error, "refused: this node is the primary of epoch "
+                     "%llu", (unsigned long long)mine);
+            return;
+        }
+        /* a verified promotion of the sender at our epoch or above: we were replaced */
+        char why[160];
+        snprintf(why, sizeof why, "%.60s was promoted at epoch %llu", env->sender,
+                 (unsigned long long)epoch);
+        repl_demote(r, why);
+    }
+    uint32_t old = rc->auth_pipe;
+    bool same = old && strcmp(rc->auth_name, env->sender) == 0;
     rc->auth_pipe = rc->pipe;
     rc->auth_epoch = epoch;
     str_copy(rc->auth_name, sizeof rc->auth_name, env->sender);
+    atomic_store(&r->rpipe_id, rc->pipe);
+    ack->followed = true;
+    if (same && old != rc->pipe) {
+        /* the same primary on a new connection: the old one is a leftover */
+        nng_pipe op = NNG_PIPE_INITIALIZER;
+        op.id = old;
+        nng_pipe_close(op);
+    }
     log_info("REPL-PEER-AUTHENTICATED", "sender=%s epoch=%llu proof=%s", env->sender,
              (unsigned long long)epoch, proof_required(r) ? "signed" : "none");
 }
 
-/* authenticate handles PeerHello (answered with a nonce, or accepted as is without
- * keys) and PeerProof (verified against the cluster CA and the allow list). */
+/* authenticate handles PeerHello (answered with a nonce) and PeerProof (verified
+ * against the cluster CA and the allow list, its history learned). */
 static void
 authenticate(struct recv *rc, const envelope *env)
 {
     repl *r = rc->r;
     Georeg__Repl__Ack ack = GEOREG__REPL__ACK__INIT;
-    rc->auth_pipe = 0; /* a new hello or proof starts over */
+    struct peer *pe = peer_of(rc, rc->pipe);
+    pe->last_ms = repl_now_ms();
+    if (rc->auth_pipe == rc->pipe) {
+        rc->auth_pipe = 0; /* a new hello or proof starts over */
+        atomic_store(&r->rpipe_id, 0);
+    }
     if (!allowed_primary(r, env->sender) && (proof_required(r) || r->nprimaries)) {
         repl_refuse(r, REFUSE_NOT_PRIMARY, env->sender, "not in replication.primaries");
         snprintf(rc->error, sizeof rc->error, "refused: %s may not command this node",
@@ -372,41 +482,73 @@ authenticate(struct recv *rc, const envelope *env)
     }
     if (env->body_case == GEOREG__REPL__ENVELOPE__BODY_PEER_HELLO) {
         if (!proof_required(r)) {
-            accept_peer(rc, env, env->epoch, &ack);
-            reply(rc, &ack, env->msg_id);
+            /* development, without keys: the claimed name and the allow list are all
+             * there is; the peer may still send its history in an unsigned proof */
+            accept_peer(rc, env, false, &ack);
+            reply_history(rc, &ack, env->msg_id);
             return;
         }
-        if (RAND_bytes(rc->nonce, sizeof rc->nonce) != 1) {
+        if (RAND_bytes(pe->nonce, sizeof pe->nonce) != 1) {
             snprintf(rc->error, sizeof rc->error, "cannot make a nonce");
             reply(rc, &ack, env->msg_id);
             return;
         }
-        rc->nonce_pipe = rc->pipe;
+        pe->nonce_set = true;
         Georeg__Repl__PeerChallenge ch = GEOREG__REPL__PEER_CHALLENGE__INIT;
-        ch.nonce.data = rc->nonce;
-        ch.nonce.len = sizeof rc->nonce;
+        ch.nonce.data = pe->nonce;
+        ch.nonce.len = sizeof pe->nonce;
         envelope out = GEOREG__REPL__ENVELOPE__INIT;
         out.body_case = GEOREG__REPL__ENVELOPE__BODY_PEER_CHALLENGE;
         out.peer_challenge = &ch;
-        wire_send(r, r->rsock, &out, 0);
+        wire_send_to(r, r->rsock, rc->pipe, &out);
         return;
     }
     const Georeg__Repl__PeerProof *pp = env->peer_proof;
     const char *why = "no challenge on this connection";
     enum repl_refusal res = REFUSE_BAD_PROOF;
-    if (proof_required(r) && rc->nonce_pipe == rc->pipe && rc->pipe)
+    if (!proof_required(r))
+        res = REFUSE_COUNT; /* development: the claimed name and the allow list */
+    else if (pe->nonce_set)
         res = wire_proof_verify(r, (slice){(const char *)pp->cert.data, pp->cert.len},
                                 (slice){(const char *)pp->signature.data, pp->signature.len},
-                                (slice){(const char *)rc->nonce, sizeof rc->nonce}, env->sender,
+                                (slice){(const char *)pe->nonce, sizeof pe->nonce}, env->sender,
                                 pp->receiver ? pp->receiver : "", env->epoch, &why);
-    rc->nonce_pipe = 0; /* a nonce answers one proof */
+    pe->nonce_set = false; /* a nonce answers one proof */
     if (res != REFUSE_COUNT) {
         repl_refuse(r, res, env->sender, why);
         snprintf(rc->error, sizeof rc->error, "refused: peer proof: %s", why);
-    } else {
-        accept_peer(rc, env, env->epoch, &ack);
+        reply(rc, &ack, env->msg_id);
+        return;
     }
-    reply(rc, &ack, env->msg_id);
+    /* the answer carries our history as it describes our log (before we take the
+     * primary's): the primary finds the fork point from it */
+    struct history *mine = malloc(sizeof *mine);
+    if (!mine) {
+        snprintf(rc->error, sizeof rc->error, "out of memory");
+        reply(rc, &ack, env->msg_id);
+        return;
+    }
+    hist_init(mine);
+    if (repl_learn(r, pp->history, pp->n_history, env->sender, &why) < 0) {
+        snprintf(rc->error, sizeof rc->error, "refused: %s", why);
+    } else {
+        pthread_mutex_lock(&r->hmu);
+        err e = hist_copy(mine, &r->hist);
+        pthread_mutex_unlock(&r->hmu);
+        if (!e)
+            accept_peer(rc, env, pp->probe, &ack);
+        if (!e && ack.followed && repl_take_history(r, pp->history, pp->n_history, env->sender))
+            e = ERR_PROTOCOL;
+        if (e) {
+            snprintf(rc->error, sizeof rc->error, "refused: cannot take the primary's history");
+            ack.followed = false;
+            rc->auth_pipe = 0;
+            atomic_store(&r->rpipe_id, 0);
+        }
+    }
+    reply_history_of(rc, &ack, env->msg_id, mine);
+    hist_release(mine);
+    free(mine);
 }
 
 static void
@@ -422,9 +564,20 @@ handle(struct recv *rc, envelope *env)
         return;
     }
     if (rc->auth_pipe != rc->pipe || !rc->pipe) {
-        repl_refuse(r, REFUSE_UNAUTHENTICATED, env->sender, "message before a peer proof");
-        snprintf(rc->error, sizeof rc->error, "refused: connection not authenticated");
-        reply(rc, &ack, env->msg_id);
+        repl_refuse(r, REFUSE_UNAUTHENTICATED, env->sender,
+                    "message on a connection this node does not follow");
+        snprintf(rc->error, sizeof rc->error, "refused: connection not authenticated (this "
+                 "node does not follow %.60s at epoch %llu; its epoch is %llu)", env->sender,
+                 (unsigned long long)env->epoch, (unsigned long long)atomic_load(&r->epoch));
+        reply_history(rc, &ack, env->msg_id);
+        return;
+    }
+    if (r->primary) {
+        /* promoted while this connection was followed */
+        snprintf(rc->error, sizeof rc->error, "refused: this node is a primary now");
+        rc->auth_pipe = 0;
+        atomic_store(&r->rpipe_id, 0);
+        reply_history(rc, &ack, env->msg_id);
         return;
     }
     if (strcmp(env->sender, rc->auth_name) != 0) {
@@ -482,7 +635,7 @@ handle(struct recv *rc, envelope *env)
         envelope out = GEOREG__REPL__ENVELOPE__INIT;
         out.body_case = GEOREG__REPL__ENVELOPE__BODY_HAVE_REPLY;
         out.have_reply = &hr;
-        wire_send(r, r->rsock, &out, 0);
+        wire_send_to(r, r->rsock, rc->pipe, &out);
         break;
     }
     case GEOREG__REPL__ENVELOPE__BODY_CHUNK:
@@ -493,9 +646,13 @@ handle(struct recv *rc, envelope *env)
         for (size_t i = 0; i < b->n_events; i++)
             if (!apply_one(rc, b->events[i], resyncing))
                 break;
+        /* the primary's head as of the batch: under a backlog the secondary knows how
+         * far behind it is, not only where the batch ends */
         pthread_mutex_lock(&r->smu);
         if (b->n_events && b->events[b->n_events - 1]->seq > r->primary_head)
             r->primary_head = b->events[b->n_events - 1]->seq;
+        if (b->head_seq > r->primary_head)
+            r->primary_head = b->head_seq;
         pthread_mutex_unlock(&r->smu);
         break;
     }
@@ -514,6 +671,12 @@ handle(struct recv *rc, envelope *env)
             break;
         }
         ingest_drop(rc);
+        if (env->resync_begin->diverged &&
+            divergence_begin(r, env->resync_begin->fork_seq, env->epoch, env->sender)) {
+            /* no report, no wipe: what this node holds beyond the fork stays */
+            snprintf(rc->error, sizeof rc->error, "cannot keep the divergence report");
+            break;
+        }
         if (resync_mark(r, env->epoch, id, false) || store_resync_begin(r->store)) {
             snprintf(rc->error, sizeof rc->error, "cannot start resync");
             break;
@@ -550,6 +713,7 @@ handle(struct recv *rc, envelope *env)
         pthread_mutex_unlock(&r->smu);
         log_info("REPL-RESYNC-END", "snapshot_seq=%llu",
                  (unsigned long long)env->resync_end->snapshot_seq);
+        divergence_end(r);
         break;
     default:
         atomic_fetch_add(&r->forged_rejects, 1);
@@ -595,6 +759,9 @@ receiver_main(void *arg)
     struct recv rc = {.r = r};
     rc.url_configured = r->learned_primary_url[0] != '\0';
     uint32_t last_pipe = 0;
+    pthread_mutex_lock(&r->smu);
+    r->caught_up_ms = 0; /* stale from the start until the primary says otherwise */
+    pthread_mutex_unlock(&r->smu);
     while (!atomic_load(&r->stopping)) {
         envelope *env = NULL;
         uint32_t pipe = 0;
@@ -629,14 +796,11 @@ receiver_main(void *arg)
         if (e)
             continue;
         rc.pipe = pipe;
-        if (pipe != last_pipe) {
-            /* a new connection: a blob half-received on the old one restarts, and
-             * the peer proves itself again */
+        if (pipe == rc.auth_pipe && pipe != last_pipe) {
+            /* commands from another connection than the last: a blob half-received
+             * on the old one restarts */
             ingest_drop(&rc);
-            rc.auth_pipe = 0;
             last_pipe = pipe;
-            log_info("REPL-PRIMARY-CONNECTED", "sender=%s epoch=%llu", env->sender,
-                     (unsigned long long)env->epoch);
         }
         rc.msg = msg;
         handle(&rc, env);

@@ -190,9 +190,65 @@ repl_new(store *s, const struct repl_options *o, repl **out)
         r->chunk_bytes = REPL_MAX_MSG / 2;
     r->log_retention = o->log_retention ? o->log_retention : 1000000;
     r->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 1000;
+    r->max_staleness_ms = o->max_staleness_ms;
+    r->started_ms = repl_now_ms();
     pthread_mutex_init(&r->wake_mu, NULL);
     pthread_cond_init(&r->wake_cv, NULL);
     pthread_mutex_init(&r->smu, NULL);
+    pthread_mutex_init(&r->hmu, NULL);
+    pthread_mutex_init(&r->promote_mu, NULL);
+    hist_init(&r->hist);
+
+    const struct repl_region *self = NULL;
+    if (o->nregions) {
+        for (size_t i = 0; i < o->nregions; i++)
+            if (strcmp(o->regions[i].name, r->node_name) == 0)
+                self = &o->regions[i];
+        if (!self) {
+            log_error("REPL-CONFIG", "node=%s error=\"node.name is not a region of "
+                      "cluster.regions\"", r->node_name);
+            goto fail;
+        }
+        r->cluster = true;
+        r->nvoters = o->nregions;
+        r->self_filtered = self->filter.ninclude || self->filter.nexclude ||
+                           self->filter.ninclude_tags || self->filter.nexclude_tags;
+        r->self_eligible = self->eligible && !r->self_filtered;
+        if (!r->listen[0])
+            str_copy(r->listen, sizeof r->listen, self->address);
+        if (!r->public_url[0] && self->url)
+            str_copy(r->public_url, sizeof r->public_url, self->url);
+        /* who may command this node: the regions that may become primary */
+        free(r->primaries);
+        r->primaries = calloc(o->nregions, sizeof *r->primaries);
+        if (!r->primaries) {
+            e = ERR_NOMEM;
+            goto fail;
+        }
+        r->nprimaries = 0;
+        for (size_t i = 0; i < o->nregions; i++) {
+            const struct repl_region *g = &o->regions[i];
+            bool filtered = g->filter.ninclude || g->filter.nexclude ||
+                            g->filter.ninclude_tags || g->filter.nexclude_tags;
+            if (g->eligible && !filtered)
+                str_copy(r->primaries[r->nprimaries++], sizeof r->primaries[0], g->name);
+        }
+        /* the role is state: the first start takes it from the description */
+        buf rv = BUF_INIT;
+        if (store_meta_get(s, "repl/role", &rv) == ERR_OK)
+            r->primary = slice_eq_cstr(buf_slice(&rv), "primary");
+        else
+            r->primary = o->initial_primary && strcmp(o->initial_primary, r->node_name) == 0;
+        buf_release(&rv);
+        if (r->primary && !r->self_eligible) {
+            log_error("REPL-CONFIG", "node=%s error=\"this region is the primary but may not "
+                      "be (filtered or primary_eligible: false)\"", r->node_name);
+            goto fail;
+        }
+        if (store_meta_put(s, "repl/role", r->primary ? "primary" : "secondary",
+                           r->primary ? 7 : 9))
+            goto fail;
+    }
 
     buf v = BUF_INIT;
     uint64_t epoch = 1, fenced = 0;
@@ -202,9 +258,32 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     if (store_meta_get(s, "repl/fenced", &v) == ERR_OK)
         slice_parse_u64(buf_slice(&v), &fenced);
     buf_release(&v);
-    if (o->min_epoch > epoch)
-        epoch = o->min_epoch;
+    pthread_mutex_lock(&r->hmu);
+    e = hist_load(r);
+    uint64_t hlast = hist_last_epoch(&r->hist);
+    pthread_mutex_unlock(&r->hmu);
+    if (e)
+        goto fail;
+    e = ERR_CONFIG;
+    if (hlast > epoch)
+        epoch = hlast;
     atomic_store(&r->epoch, epoch);
+    if (o->min_epoch > epoch) {
+        /* an operator's epoch bump (replication.epoch): on a primary it is a
+         * promotion, recorded and signed like one, so that its secondaries can
+         * verify it; a secondary only takes it as its floor */
+        if (r->primary) {
+            uint64_t start = store_log_head(s) + 1;
+            if (repl_history_add_own(r, o->min_epoch, start)) {
+                log_error("REPL-CONFIG", "error=\"cannot record the promotion to epoch %llu\"",
+                          (unsigned long long)o->min_epoch);
+                goto fail;
+            }
+        } else {
+            wire_epoch_adopt(r, o->min_epoch, "config");
+        }
+        epoch = o->min_epoch;
+    }
     /* A fenced primary (repl_fence: an operator's decision) stays fenced across
      * restarts, until it is unfenced or promoted with replication.epoch above the
      * epoch it was fenced at. */
@@ -218,8 +297,16 @@ repl_new(store *s, const struct repl_options *o, repl **out)
                      (unsigned long long)fenced, (unsigned long long)fenced);
         }
     }
+    /* A node that is primary in a cluster does not take writes until a majority of
+     * the regions follow it at its epoch: one that was away may have been replaced. */
+    if (r->cluster && r->primary && r->nvoters > 1) {
+        atomic_store(&r->confirming, true);
+        log_warn("REPL-CONFIRMING", "epoch=%llu voters=%zu msg=\"not accepting writes until "
+                 "a majority of the regions follow this primary (or georeg fence clear)\"",
+                 (unsigned long long)epoch, r->nvoters);
+    }
 
-    if (!r->primary) {
+    if (!r->primary || r->cluster) {
         /* the latest resync begun, and whether it finished */
         buf rv = BUF_INIT;
         unsigned long long ep = 0, id = 0;
@@ -236,34 +323,50 @@ repl_new(store *s, const struct repl_options *o, repl **out)
         buf_release(&rv);
     }
 
-    if (r->primary) {
-        r->replicas = calloc(o->nreplicas ? o->nreplicas : 1, sizeof *r->replicas);
-        if (!r->replicas) {
+    size_t nrep = r->cluster ? o->nregions - 1 : (r->primary ? o->nreplicas : 0);
+    r->replicas = calloc(nrep ? nrep : 1, sizeof *r->replicas);
+    if (!r->replicas) {
+        e = ERR_NOMEM;
+        goto fail;
+    }
+    for (size_t i = 0, k = 0; r->cluster ? i < o->nregions : i < nrep; i++) {
+        struct repl_region legacy = {0};
+        const struct repl_region *g;
+        if (r->cluster) {
+            g = &o->regions[i];
+            if (g == self)
+                continue;
+        } else {
+            legacy.name = o->replicas[i].name;
+            legacy.address = o->replicas[i].address;
+            legacy.filter = o->replicas[i].filter;
+            g = &legacy;
+        }
+        struct replica *rp = &r->replicas[k++];
+        rp->r = r;
+        pthread_mutex_init(&rp->mu, NULL);
+        hist_init(&rp->their_hist);
+        r->nreplicas++;
+        str_copy(rp->name, sizeof rp->name, g->name);
+        str_copy(rp->address, sizeof rp->address, g->address ? g->address : "");
+        str_copy(rp->url, sizeof rp->url, g->url ? g->url : "");
+        rp->filtered = g->filter.ninclude || g->filter.nexclude || g->filter.ninclude_tags ||
+                       g->filter.nexclude_tags;
+        if (!address_ok(r, rp->address, r->cluster ? "cluster.regions.address"
+                                                   : "replication.replicas.address"))
+            goto fail;
+        if ((e = filter_init(&rp->filter, &g->filter)))
+            goto fail;
+        e = ERR_CONFIG;
+        rp->known = calloc(REPL_KNOWN_BLOBS, sizeof *rp->known);
+        if (!rp->known) {
             e = ERR_NOMEM;
             goto fail;
         }
-        for (size_t i = 0; i < o->nreplicas; i++) {
-            struct replica *rp = &r->replicas[i];
-            const struct repl_replica_options *ro = &o->replicas[i];
-            rp->r = r;
-            pthread_mutex_init(&rp->mu, NULL);
-            r->nreplicas++;
-            str_copy(rp->name, sizeof rp->name, ro->name);
-            str_copy(rp->address, sizeof rp->address, ro->address);
-            if (!address_ok(r, rp->address, "replication.replicas.address"))
-                goto fail;
-            if ((e = filter_init(&rp->filter, &ro->filter)))
-                goto fail;
-            e = ERR_CONFIG;
-            rp->known = calloc(REPL_KNOWN_BLOBS, sizeof *rp->known);
-            if (!rp->known) {
-                e = ERR_NOMEM;
-                goto fail;
-            }
-        }
-        if (r->insecure)
-            log_warn("REPL-INSECURE", "msg=\"replication may use plain tcp:// without TLS\"");
-    } else {
+    }
+    if (r->primary && r->insecure)
+        log_warn("REPL-INSECURE", "msg=\"replication may use plain tcp:// without TLS\"");
+    if (!r->primary || r->cluster) {
         if (!r->listen[0]) {
             log_error("REPL-CONFIG", "error=\"a secondary needs replication.listen\"");
             goto fail;
@@ -319,29 +422,31 @@ on_replica_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
     pthread_mutex_unlock(&r->wake_mu);
 }
 
-/* on_receiver_pipe: a secondary has one primary; a new connection replaces an old
- * one (after a partition the old one may linger half-open and would otherwise make
- * the single-peer socket refuse the primary forever). */
+/* on_receiver_pipe: the listener is polyamorous (the primary, a replaced primary
+ * that has not learned it yet, a candidate probing); it holds at most
+ * RECV_MAX_PEERS connections and refuses more. Which pipe is followed is the
+ * receiver's decision (after a proof), never a callback's: a new connection does not
+ * knock the followed one off, and a pipe that goes away only clears rpipe_id when
+ * it is the followed one. */
 static void
 on_receiver_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     repl *r = arg;
+    uint32_t pid = (uint32_t)nng_pipe_id(p);
     if (ev == NNG_PIPE_EV_ADD_PRE) {
-        uint32_t old = atomic_load(&r->rpipe_id);
-        if (old && old != (uint32_t)nng_pipe_id(p)) {
-            nng_pipe op = NNG_PIPE_INITIALIZER;
-            op.id = old;
-            log_info("REPL-PRIMARY-REPLACED", "old_pipe=%u", old);
-            nng_pipe_close(op);
+        if (atomic_load(&r->rpipes) >= RECV_MAX_PEERS) {
+            log_warn("REPL-PEERS-FULL", "pipe=%u max=%d", pid, RECV_MAX_PEERS);
+            nng_pipe_close(p);
         }
         return;
     }
-    if (on_pipe(p, ev, &r->rpipe_id) && ev == NNG_PIPE_EV_ADD_POST) {
-        /* a fresh connection counts as contact until its first message */
-        pthread_mutex_lock(&r->smu);
-        r->last_contact_ms = repl_now_ms();
-        pthread_mutex_unlock(&r->smu);
+    if (ev == NNG_PIPE_EV_ADD_POST) {
+        atomic_fetch_add(&r->rpipes, 1);
+        return;
     }
+    atomic_fetch_sub(&r->rpipes, 1);
+    uint32_t expect = pid;
+    atomic_compare_exchange_strong(&r->rpipe_id, &expect, 0);
 }
 
 /* start_dialer (re)creates the replica's dialer; it redials on its own after drops. */
@@ -388,7 +493,7 @@ open_replica_socket(repl *r, struct replica *rp)
     nng_socket_set_int(rp->sock, NNG_OPT_RECVBUF, (int)(r->window < 2048 ? r->window * 4 : 8192));
     nng_pipe_notify(rp->sock, NNG_PIPE_EV_ADD_POST, on_replica_pipe, rp);
     nng_pipe_notify(rp->sock, NNG_PIPE_EV_REM_POST, on_replica_pipe, rp);
-    return repl_start_dialer(r, rp);
+    return ERR_OK; /* the shipper dials while this node is primary */
 }
 
 static err
@@ -396,7 +501,7 @@ open_receiver_socket(repl *r)
 {
     int rv;
     nng_tls_config *tls = NULL;
-    if ((rv = nng_pair1_open(&r->rsock)))
+    if ((rv = nng_pair1_open_poly(&r->rsock)))
         goto nngfail;
     r->rsock_open = true;
     nng_socket_set_size(r->rsock, NNG_OPT_RECVMAXSZ, REPL_MAX_MSG + 4096);
@@ -429,7 +534,7 @@ err
 repl_start(repl *r)
 {
     err e;
-    if (r->primary) {
+    if (r->nreplicas) {
         store_set_commit_hook(r->store, on_commit, r);
         for (size_t i = 0; i < r->nreplicas; i++) {
             struct replica *rp = &r->replicas[i];
@@ -439,10 +544,14 @@ repl_start(repl *r)
                 return ERR_NOMEM;
             rp->thread_started = true;
         }
+    }
+    if (r->primary)
         log_info("REPL-PRIMARY", "replicas=%zu epoch=%llu", r->nreplicas,
                  (unsigned long long)atomic_load(&r->epoch));
+    if (r->primary && !r->cluster)
         return ERR_OK;
-    }
+    /* a secondary follows its primary; in a cluster a primary listens too: a newer
+     * primary tells it that it was replaced, and candidates ask where it is */
     if ((e = open_receiver_socket(r)))
         return e;
     if (pthread_create(&r->rthread, NULL, receiver_main, r) != 0)
@@ -460,27 +569,32 @@ repl_stop(repl *r)
     pthread_mutex_lock(&r->wake_mu);
     pthread_cond_broadcast(&r->wake_cv);
     pthread_mutex_unlock(&r->wake_mu);
+    /* Every thread sees `stopping` within one bounded wait (a receive timeout of at
+     * most 200 ms, a send timeout of 2 s); sockets are closed only once their
+     * threads are gone, so no call is left blocked inside nng_close. */
     for (size_t i = 0; i < r->nreplicas; i++) {
         struct replica *rp = &r->replicas[i];
         if (rp->thread_started) {
             pthread_join(rp->thread, NULL);
             rp->thread_started = false;
         }
+    }
+    if (r->rthread_started) {
+        pthread_join(r->rthread, NULL);
+        r->rthread_started = false;
+    }
+    for (size_t i = 0; i < r->nreplicas; i++) {
+        struct replica *rp = &r->replicas[i];
         if (rp->sock_open) {
             nng_close(rp->sock);
             rp->sock_open = false;
         }
     }
     if (r->rsock_open) {
-        /* close while the receiver still drains: it then sees NNG_ECLOSED */
         nng_close(r->rsock);
         r->rsock_open = false;
     }
-    if (r->rthread_started) {
-        pthread_join(r->rthread, NULL);
-        r->rthread_started = false;
-    }
-    if (r->primary)
+    if (r->nreplicas)
         store_set_commit_hook(r->store, NULL, NULL);
 }
 
@@ -497,10 +611,14 @@ repl_free(repl *r)
         globs_free(&rp->filter.include_tags);
         globs_free(&rp->filter.exclude_tags);
         free(rp->known);
+        hist_release(&rp->their_hist);
         pthread_mutex_destroy(&rp->mu);
     }
     free(r->replicas);
     free(r->primaries);
+    hist_release(&r->hist);
+    pthread_mutex_destroy(&r->hmu);
+    pthread_mutex_destroy(&r->promote_mu);
     pthread_mutex_destroy(&r->wake_mu);
     pthread_cond_destroy(&r->wake_cv);
     pthread_mutex_destroy(&r->smu);
@@ -516,12 +634,16 @@ repl_is_primary(repl *r)
 bool
 repl_writable(repl *r, char *url, size_t n)
 {
-    if (r->primary && !atomic_load(&r->demoted))
+    if (r->primary && !atomic_load(&r->demoted) && !atomic_load(&r->confirming))
         return true;
     if (url) {
         pthread_mutex_lock(&r->smu);
-        if (r->primary)
+        if (r->primary && atomic_load(&r->demoted))
             snprintf(url, n, "(fenced at epoch %llu: this primary does not take writes)",
+                     (unsigned long long)atomic_load(&r->epoch));
+        else if (r->primary)
+            snprintf(url, n, "(confirming epoch %llu: this primary takes writes once a "
+                     "majority of the regions follow it)",
                      (unsigned long long)atomic_load(&r->epoch));
         else
             str_copy(url, n, r->learned_primary_url);
@@ -530,13 +652,121 @@ repl_writable(repl *r, char *url, size_t n)
     return false;
 }
 
-bool
-repl_ready(repl *r)
+/* staleness_ms: how long since this secondary was last known to hold everything the
+ * primary had committed (0 while it is; UINT64_MAX when never). */
+static uint64_t
+staleness_ms(repl *r, uint64_t now)
 {
+    uint64_t applied = store_applied_seq(r->store);
     pthread_mutex_lock(&r->smu);
-    bool ok = !r->resyncing;
+    uint64_t phead = r->primary_head, contact = r->last_contact_ms, caught = r->caught_up_ms;
     pthread_mutex_unlock(&r->smu);
-    return ok;
+    bool connected = atomic_load(&r->rpipe_id) != 0;
+    bool cut = !connected || !contact || now - contact > 3 * r->heartbeat_ms + 2000;
+    if (applied >= phead && !cut)
+        return 0;
+    if (!caught)
+        caught = r->started_ms;
+    return now > caught ? now - caught : 0;
+}
+
+bool
+repl_ready(repl *r, const char **why)
+{
+    *why = "";
+    if (r->primary) {
+        if (atomic_load(&r->demoted))
+            *why = "fenced: this primary does not take writes";
+        else if (atomic_load(&r->confirming))
+            *why = "confirming its epoch with the cluster";
+        return !**why;
+    }
+    pthread_mutex_lock(&r->smu);
+    bool resyncing = r->resyncing;
+    pthread_mutex_unlock(&r->smu);
+    if (resyncing) {
+        *why = "resyncing from the primary";
+        return false;
+    }
+    if (r->max_staleness_ms && staleness_ms(r, repl_now_ms()) > r->max_staleness_ms) {
+        *why = "stale: not known to be current for longer than replication.max_staleness";
+        return false;
+    }
+    return true;
+}
+
+static void
+persist_role(repl *r)
+{
+    if (!r->cluster)
+        return;
+    bool p = r->primary;
+    if (store_meta_put(r->store, "repl/role", p ? "primary" : "secondary", p ? 7 : 9))
+        log_warn("REPL-ROLE-PERSIST", "error=\"cannot persist the role\"");
+}
+
+void
+repl_demote(repl *r, const char *why)
+{
+    if (!r->primary)
+        return;
+    if (!r->cluster) {
+        /* a fixed-role primary has no receiver to follow anyone: it fences itself */
+        if (!atomic_exchange(&r->demoted, true)) {
+            char v[24];
+            int n = snprintf(v, sizeof v, "%llu", (unsigned long long)atomic_load(&r->epoch));
+            store_meta_put(r->store, "repl/fenced", v, (size_t)n);
+            log_warn("REPL-FENCED", "epoch=%llu by=promotion why=\"%s\"",
+                     (unsigned long long)atomic_load(&r->epoch), why);
+        }
+        return;
+    }
+    atomic_store(&r->primary, false);
+    atomic_store(&r->confirming, false);
+    atomic_fetch_add(&r->demotions, 1);
+    persist_role(r);
+    pthread_mutex_lock(&r->smu);
+    r->learned_primary_url[0] = '\0';
+    r->caught_up_ms = 0;
+    pthread_mutex_unlock(&r->smu);
+    log_warn("REPL-DEMOTED", "epoch=%llu why=\"%s\" msg=\"this node is a secondary now\"",
+             (unsigned long long)atomic_load(&r->epoch), why);
+    pthread_mutex_lock(&r->wake_mu);
+    pthread_cond_broadcast(&r->wake_cv);
+    pthread_mutex_unlock(&r->wake_mu);
+}
+
+/* repl_become_primary switches the role (promote). */
+void
+repl_become_primary(repl *r)
+{
+    atomic_store(&r->primary, true);
+    atomic_store(&r->confirming, r->nvoters > 1);
+    atomic_store(&r->demoted, false);
+    atomic_fetch_add(&r->promotions, 1);
+    store_meta_put(r->store, "repl/fenced", "0", 1);
+    persist_role(r);
+    for (size_t i = 0; i < r->nreplicas; i++)
+        atomic_store(&r->replicas[i].confirmed_epoch, 0);
+    pthread_mutex_lock(&r->wake_mu);
+    pthread_cond_broadcast(&r->wake_cv);
+    pthread_mutex_unlock(&r->wake_mu);
+}
+
+/* repl_check_confirmed clears `confirming` once a majority follows at our epoch. */
+void
+repl_check_confirmed(repl *r)
+{
+    if (!atomic_load(&r->confirming) || !r->primary)
+        return;
+    uint64_t epoch = atomic_load(&r->epoch);
+    size_t votes = 1;
+    for (size_t i = 0; i < r->nreplicas; i++)
+        if (atomic_load(&r->replicas[i].confirmed_epoch) == epoch)
+            votes++;
+    if (votes * 2 > r->nvoters && atomic_exchange(&r->confirming, false))
+        log_info("REPL-CONFIRMED", "epoch=%llu votes=%zu voters=%zu msg=\"taking writes\"",
+                 (unsigned long long)epoch, votes, r->nvoters);
 }
 
 /* ---- refusals and fences ---- */
@@ -569,6 +799,10 @@ repl_fence(repl *r, bool fenced)
     if (e)
         return e;
     atomic_store(&r->demoted, fenced);
+    if (!fenced && atomic_exchange(&r->confirming, false))
+        log_warn("REPL-CONFIRMED", "epoch=%llu by=operator msg=\"taking writes without a "
+                 "majority (the operator says this node is alone)\"",
+                 (unsigned long long)atomic_load(&r->epoch));
     log_warn(fenced ? "REPL-FENCED" : "REPL-UNFENCED", "epoch=%llu by=operator",
              (unsigned long long)atomic_load(&r->epoch));
     pthread_mutex_lock(&r->wake_mu);
@@ -580,8 +814,9 @@ repl_fence(repl *r, bool fenced)
 void
 repl_fence_json(repl *r, buf *out)
 {
-    buf_addf(out, "{\"role\":\"%s\",\"fenced\":%s,\"epoch\":%llu}",
+    buf_addf(out, "{\"role\":\"%s\",\"fenced\":%s,\"confirming\":%s,\"epoch\":%llu}",
              r->primary ? "primary" : "secondary", atomic_load(&r->demoted) ? "true" : "false",
+             atomic_load(&r->confirming) ? "true" : "false",
              (unsigned long long)atomic_load(&r->epoch));
 }
 
@@ -666,6 +901,22 @@ repl_status_json(repl *r, buf *b)
         buf_addf(b, "%s\"%s\":%llu", i ? "," : "", refusal_names[i],
                  (unsigned long long)atomic_load(&r->refused[i]));
     buf_addf(b, "},\"fenced\":%s", r->primary && atomic_load(&r->demoted) ? "true" : "false");
+    buf_addf(b, ",\"confirming\":%s,\"cluster\":%s,\"voters\":%zu,\"filtered\":%s,"
+                "\"eligible\":%s,\"promotions\":%llu,\"demotions\":%llu,"
+                "\"history_conflicts\":%llu,\"divergences\":%llu,\"open_conflicts\":%zu",
+             atomic_load(&r->confirming) ? "true" : "false", r->cluster ? "true" : "false",
+             r->nvoters, r->self_filtered ? "true" : "false",
+             r->cluster ? (r->self_eligible ? "true" : "false") : (r->primary ? "true" : "false"),
+             (unsigned long long)atomic_load(&r->promotions),
+             (unsigned long long)atomic_load(&r->demotions),
+             (unsigned long long)atomic_load(&r->history_conflicts),
+             (unsigned long long)atomic_load(&r->divergences), repl_conflicts_open(r));
+    buf_adds(b, ",\"history\":");
+    hist_json(r, b);
+    const char *nr = "";
+    bool ready = repl_ready(r, &nr);
+    buf_addf(b, ",\"ready\":%s,\"not_ready_reason\":", ready ? "true" : "false");
+    buf_add_json_str(b, nr, strlen(nr));
     json_time(b, "now", now);
     if (r->primary) {
         buf_addf(b, ",\"head_seq\":%llu,\"log_first_seq\":%llu,\"replicas\":[",
@@ -703,6 +954,15 @@ repl_status_json(repl *r, buf *b)
             buf_addf(b, ",\"resync\":{\"count\":%llu,\"total_bytes\":%llu,\"sent_bytes\":%llu}",
                      (unsigned long long)v.resyncs, (unsigned long long)v.resync_total,
                      (unsigned long long)v.resync_sent);
+            pthread_mutex_lock(&rp->mu);
+            uint64_t div = rp->diverged, fork = rp->fork_seq, their = rp->their_epoch;
+            pthread_mutex_unlock(&rp->mu);
+            buf_addf(b, ",\"confirmed_epoch\":%llu,\"their_epoch\":%llu,\"fork_seq\":%llu,"
+                        "\"diverged\":%llu,\"url\":",
+                     (unsigned long long)atomic_load(&rp->confirmed_epoch),
+                     (unsigned long long)their, (unsigned long long)fork,
+                     (unsigned long long)div);
+            buf_add_json_str(b, rp->url, strlen(rp->url));
             buf_adds(b, ",\"filter\":");
             filter_json(b, &rp->filter);
             buf_adds(b, ",\"last_error\":");
@@ -724,10 +984,10 @@ repl_status_json(repl *r, buf *b)
     pthread_mutex_unlock(&r->smu);
     bool connected = atomic_load(&r->rpipe_id) != 0;
     bool cut = !connected || !contact || now - contact > 3 * r->heartbeat_ms + 2000;
-    /* cut off, we cannot know the primary's head: stale since last known current */
-    double stale = applied >= phead && !cut ? 0.0
-                   : caught                 ? (double)(now - caught) / 1000.0
-                                            : -1.0;
+    /* cut off, we cannot know the primary's head: stale since last known current (or
+     * since this node started, when it never was) */
+    (void)caught;
+    double stale = (double)staleness_ms(r, now) / 1000.0;
     const char *state = resyncing ? "resyncing"
                         : cut     ? "disconnected"
                         : applied >= phead ? "in-sync"
@@ -773,14 +1033,42 @@ repl_metrics(repl *r, buf *b)
     buf_addf(b, "# HELP georeg_repl_fenced 1 while this primary is fenced\n"
                 "# TYPE georeg_repl_fenced gauge\ngeoreg_repl_fenced %d\n",
              r->primary && atomic_load(&r->demoted) ? 1 : 0);
+    buf_addf(b, "# HELP georeg_repl_primary 1 while this node is the primary\n"
+                "# TYPE georeg_repl_primary gauge\ngeoreg_repl_primary %d\n",
+             r->primary ? 1 : 0);
+    buf_addf(b, "# HELP georeg_repl_writable 1 while this node takes writes\n"
+                "# TYPE georeg_repl_writable gauge\ngeoreg_repl_writable %d\n",
+             repl_writable(r, NULL, 0) ? 1 : 0);
+    buf_addf(b, "# HELP georeg_repl_confirming 1 while a primary waits for a majority\n"
+                "# TYPE georeg_repl_confirming gauge\ngeoreg_repl_confirming %d\n",
+             atomic_load(&r->confirming) ? 1 : 0);
+    buf_addf(b, "# HELP georeg_repl_promotions_total promotions of this node\n"
+                "# TYPE georeg_repl_promotions_total counter\n"
+                "georeg_repl_promotions_total %llu\n"
+                "# HELP georeg_repl_demotions_total times this primary learned it was replaced\n"
+                "# TYPE georeg_repl_demotions_total counter\n"
+                "georeg_repl_demotions_total %llu\n",
+             (unsigned long long)atomic_load(&r->promotions),
+             (unsigned long long)atomic_load(&r->demotions));
+    buf_addf(b, "# HELP georeg_repl_divergences_total times this node's log went past a fork\n"
+                "# TYPE georeg_repl_divergences_total counter\n"
+                "georeg_repl_divergences_total %llu\n"
+                "# HELP georeg_repl_conflicts open tag conflicts reported by this node\n"
+                "# TYPE georeg_repl_conflicts gauge\ngeoreg_repl_conflicts %zu\n",
+             (unsigned long long)atomic_load(&r->divergences), repl_conflicts_open(r));
+    buf_addf(b, "# HELP georeg_repl_history_conflicts_total two promotions to one epoch seen\n"
+                "# TYPE georeg_repl_history_conflicts_total counter\n"
+                "georeg_repl_history_conflicts_total %llu\n",
+             (unsigned long long)atomic_load(&r->history_conflicts));
     if (!r->primary) {
         uint64_t applied = store_applied_seq(r->store);
         pthread_mutex_lock(&r->smu);
         uint64_t phead = r->primary_head, caught = r->caught_up_ms;
         uint64_t contact = r->last_contact_ms;
         pthread_mutex_unlock(&r->smu);
-        bool cut = !contact || now - contact > 3 * r->heartbeat_ms + 2000;
-        double stale = (applied >= phead && !cut) || !caught ? 0.0 : (double)(now - caught) / 1000.0;
+        (void)caught;
+        (void)contact;
+        double stale = (double)staleness_ms(r, now) / 1000.0;
         buf_addf(b, "# HELP georeg_repl_applied_seq highest primary sequence applied\n"
                     "# TYPE georeg_repl_applied_seq gauge\ngeoreg_repl_applied_seq %llu\n",
                  (unsigned long long)applied);
@@ -840,6 +1128,9 @@ void
 repl_housekeeping(repl *r)
 {
     if (!r->primary || atomic_load(&r->demoted))
+        return;
+    /* a resync in progress continues from the log at its snapshot: keep it all */
+    if (atomic_load(&r->resyncs_active) > 0)
         return;
     uint64_t head = store_log_head(r->store);
     uint64_t min_acked = head;

@@ -65,8 +65,25 @@ enum repl_refusal {
 /* The largest epoch step a secondary takes from a proven primary. */
 #define REPL_MAX_EPOCH_JUMP 16
 
+/* A region of the cluster description: every node loads the same list. */
+struct repl_region {
+    const char *name;
+    const char *url;     /* its HTTP URL */
+    const char *address; /* its replication listener (tls+tcp:// or tcp://) */
+    struct repl_filter filter;
+    bool eligible;       /* may become primary (never for a filtered region) */
+};
+
 struct repl_options {
     const char *node_name;
+    /* A cluster description (nregions > 0): this node is the region named node_name,
+     * listens on its address (or listen, when set), ships to every other region while
+     * it is primary and follows the primary otherwise. The role is state: the first
+     * start takes initial_primary, later ones what was persisted. Without regions,
+     * primary/replicas/primaries below describe a fixed role (no failover). */
+    const struct repl_region *regions;
+    size_t nregions;
+    const char *initial_primary;
     bool primary;
     const char *listen;      /* secondary: where the primary connects */
     const char *public_url;  /* primary: HTTP URL clients push to (sent to secondaries) */
@@ -78,6 +95,7 @@ struct repl_options {
     uint64_t chunk_bytes;
     uint64_t log_retention;  /* events kept beyond the slowest replica, at most */
     uint64_t heartbeat_ms;
+    uint64_t max_staleness_ms; /* secondary: not ready beyond this (0: no bound) */
     const struct repl_replica_options *replicas;
     size_t nreplicas;
     const char *tls_client_cert;      /* the primary's clientAuth certificate (else tls_cert) */
@@ -104,14 +122,35 @@ void repl_free(repl *r);
 bool repl_writable(repl *r, char *url, size_t n);
 /* repl_is_primary: configured (or promoted) as primary. */
 bool repl_is_primary(repl *r);
-/* repl_ready: false while a secondary is resyncing (its content is partial). */
-bool repl_ready(repl *r);
+/* repl_ready: false (why: static text) while a secondary is resyncing (its content is
+ * partial) or staler than max_staleness, and while a primary is fenced or confirming
+ * its epoch. */
+bool repl_ready(repl *r, const char **why);
 
 /* repl_fence fences (fenced) or unfences this primary: an operator's decision,
  * persisted. ERR_INVALID on a secondary. */
 err repl_fence(repl *r, bool fenced);
 /* repl_fence_json writes {"role","fenced","epoch"} into out. */
 void repl_fence_json(repl *r, buf *out);
+
+/* repl_promote makes this secondary the primary at a new epoch (a signed promotion
+ * record starting after what it applied) and ships to every other region from where
+ * each stands. Before, it asks every reachable region where it is, and refuses
+ * (ERR_DENIED, reasons in out) a filtered replica, a node that may not be primary,
+ * a live primary elsewhere and a candidate behind another one, unless force. out
+ * gets a JSON report either way (what each region holds, what would be lost).
+ * Blocks for up to a few seconds (run it off the event loop). */
+err repl_promote(repl *r, bool force, buf *out);
+
+/* repl_conflicts_json writes {"node","conflicts":[...],"divergences":[...]}: tags this
+ * node had written (or followed) beyond a fork point that now resolve elsewhere or
+ * nowhere. all: also resolved ones and every reported event. */
+err repl_conflicts_json(repl *r, bool all, buf *out);
+/* repl_conflicts_open counts unresolved conflicts. */
+size_t repl_conflicts_open(repl *r);
+/* repl_conflict_resolve marks conflict n of report as resolved (how: "keep-new",
+ * "take-old", "retagged"). ERR_NOT_FOUND when there is no such conflict. */
+err repl_conflict_resolve(repl *r, uint64_t report, uint64_t n, const char *how);
 
 /* repl_status_json writes the replication state as a JSON object into out. */
 err repl_status_json(repl *r, buf *out);

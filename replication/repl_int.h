@@ -15,6 +15,7 @@
 #define REPL_PROTOCOL_VERSION 1
 #define REPL_MAX_MSG (16u << 20)
 #define REPL_KNOWN_BLOBS 4096 /* digests known present on a replica (a cache) */
+#define RECV_MAX_PEERS 8      /* connections a receiver holds at once */
 
 typedef Georeg__Repl__Envelope envelope;
 
@@ -27,6 +28,46 @@ enum replica_state {
     RS_CATCHING_UP,     /* behind by more than a window */
     RS_RESYNCING,       /* being rebuilt from a snapshot */
 };
+
+/* ---- the history of promotions (history.c) ---- */
+
+#define REPL_MAX_HISTORY 64
+
+/* One promotion: node became primary at epoch; its writes start at start_seq. */
+struct hist_rec {
+    uint64_t epoch, start_seq, time_ms;
+    char node[64];
+    buf cert, sig; /* empty in a development cluster without keys */
+};
+
+/* Records oldest first; sequences before rec[0].start_seq belong to base_epoch. */
+struct history {
+    uint64_t base_epoch;
+    size_t n;
+    struct hist_rec rec[REPL_MAX_HISTORY];
+};
+
+/* A history as protobuf messages borrowing from a struct history. */
+struct hist_pb {
+    Georeg__Repl__Promotion *items;
+    Georeg__Repl__Promotion **ptrs;
+    size_t n;
+};
+
+void hist_init(struct history *h);
+void hist_release(struct history *h);
+err hist_copy(struct history *dst, const struct history *src);
+uint64_t hist_last_epoch(const struct history *h);
+/* hist_epoch_at: the epoch that wrote seq in h. */
+uint64_t hist_epoch_at(const struct history *h, uint64_t seq);
+const struct hist_rec *hist_find(const struct history *h, uint64_t epoch);
+/* hist_fork: the highest seq <= limit up to which a and b agree (the same epoch wrote
+ * every seq): a log that goes beyond it on one side is on another branch. */
+uint64_t hist_fork(const struct history *a, const struct history *b, uint64_t limit);
+err hist_rec_from_pb(const Georeg__Repl__Promotion *p, struct hist_rec *rec);
+/* hist_pb_new builds messages borrowing from h (valid while h is unchanged). */
+err hist_pb_new(const struct history *h, struct hist_pb *out);
+void hist_pb_free(struct hist_pb *p);
 
 struct globs {
     char *items[REPL_MAX_GLOBS];
@@ -69,7 +110,17 @@ struct replica {
     uint64_t retries;
     char last_error[256];
 
+    char url[256];         /* cluster: the region's HTTP URL */
+    bool filtered;         /* a filter that leaves something out */
+    bool dialing;          /* shipper: the dialer runs (only while this node is primary) */
+    _Atomic uint64_t confirmed_epoch; /* the replica follows us at this epoch */
+    uint64_t diverged;     /* times it was found on another branch */
+    uint64_t fork_seq;     /* the fork point found at the last handshake */
+    uint64_t their_epoch;  /* the epoch it answered with */
+
     /* shipper-private */
+    struct history their_hist; /* its history, from its answer to our proof */
+    bool have_their_hist;
     uint64_t next_msg_id, acked_msg_id;
     uint64_t query_id;
     uint64_t last_resync_id;
@@ -79,7 +130,21 @@ struct replica {
 
 struct repl {
     store *store;
-    bool primary;
+    _Atomic bool primary;   /* the role: state, persisted (repl/role) in a cluster */
+    bool cluster;           /* configured from a cluster description */
+    size_t nvoters;         /* cluster: regions, this one included */
+    bool self_filtered;     /* cluster: this region holds a filtered replica */
+    bool self_eligible;     /* cluster: this region may become primary */
+    _Atomic bool confirming;/* a primary that has not yet confirmed its epoch */
+    _Atomic uint64_t history_conflicts;
+    _Atomic uint64_t promotions, demotions;
+    _Atomic uint64_t divergences;  /* times this node's own log went past a fork */
+    _Atomic int resyncs_active; /* shippers inside a resync: the log is not trimmed */
+    uint64_t started_ms;
+    uint64_t max_staleness_ms; /* a secondary staler than this is not ready (0: never) */
+    pthread_mutex_t hmu;    /* guards hist */
+    pthread_mutex_t promote_mu; /* one promotion at a time */
+    struct history hist;
     char node_name[64];
     char listen[256];
     char public_url[256];
@@ -129,7 +194,8 @@ struct repl {
     uint64_t resync_bytes;
     uint64_t apply_errors;
     char apply_error[256];
-    _Atomic uint32_t rpipe_id;
+    _Atomic uint32_t rpipe_id; /* the pipe of the primary this node follows (0: none) */
+    _Atomic uint32_t rpipes;   /* connections to the listener */
 };
 
 uint64_t repl_now_ms(void);
@@ -151,6 +217,15 @@ enum repl_refusal wire_proof_verify(repl *r, slice cert, slice sig, slice nonce,
 /* repl_refuse counts a refusal, logs it and tells the node (audit). */
 void repl_refuse(repl *r, enum repl_refusal why, const char *peer, const char *detail);
 err wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id);
+/* wire_send_to sends env to one pipe of a polyamorous socket (a receiver's reply). */
+err wire_send_to(repl *r, nng_socket s, uint32_t pipe, envelope *env);
+/* wire_keys: a node key and cluster CA are configured (proofs and records signed). */
+bool wire_keys(repl *r);
+/* wire_record_sign signs rec (its node is this node) with the node key. */
+err wire_record_sign(repl *r, struct hist_rec *rec);
+/* wire_record_verify: rec's certificate chains to the cluster CA, names rec->node,
+ * and signs the record. Without keys (development) every record passes. */
+bool wire_record_verify(repl *r, const struct hist_rec *rec, const char **why);
 /* wire_send_payload also sends plen bulk bytes after the envelope, written into the
  * message by fill (so they are copied once, from their source). */
 err wire_send_payload(repl *r, nng_socket s, envelope *env, uint64_t msg_id, size_t plen,
@@ -168,6 +243,37 @@ err wire_recv(repl *r, nng_socket s, int timeout_ms, envelope **out, uint32_t *p
 err wire_epoch_stale(repl *r, const envelope *env);
 /* wire_epoch_adopt persists a new (higher) epoch on a secondary. */
 void wire_epoch_adopt(repl *r, uint64_t epoch, const char *sender);
+
+/* history.c: the node's own history (r->hist, under r->hmu) */
+err hist_load(repl *r);
+err hist_save(repl *r);
+void hist_json(repl *r, buf *b);
+bool repl_may_be_primary(repl *r, const char *name);
+/* repl_learn verifies promotion records from a peer and appends those newer than
+ * ours (adopting their epoch). 1: learned something, 0: nothing new, -1: refused
+ * (why; counted and audited). */
+int repl_learn(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const char *from,
+               const char **why);
+/* repl_take_history makes recs (the followed primary's history, each record ours or
+ * verified) this node's history. */
+err repl_take_history(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const char *from);
+/* repl_history_add_own signs and appends this node's promotion to epoch. */
+err repl_history_add_own(repl *r, uint64_t epoch, uint64_t start_seq);
+/* repl_writer_is: name wrote epoch (by our history); *known: we have its record. */
+bool repl_writer_is(repl *r, uint64_t epoch, const char *name, bool *known);
+/* repl_demote: a verified higher epoch exists: this primary becomes a secondary. */
+void repl_demote(repl *r, const char *why);
+/* repl_become_primary switches this node to primary (after its promotion record). */
+void repl_become_primary(repl *r);
+/* repl_check_confirmed ends `confirming` once a majority follows at our epoch. */
+void repl_check_confirmed(repl *r);
+
+/* divergence.c */
+/* divergence_begin keeps a report of this node's log beyond fork_seq (before a
+ * resync wipes it). */
+err divergence_begin(repl *r, uint64_t fork_seq, uint64_t new_epoch, const char *primary);
+/* divergence_end finds the tag conflicts of unchecked reports (after the resync). */
+void divergence_end(repl *r);
 
 /* filter.c (in repl.c) */
 bool filter_repo(const struct filter *f, slice repo);

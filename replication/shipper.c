@@ -48,6 +48,9 @@ struct ship {
 
     /* resync */
     bool resync;
+    bool diverged;      /* the next resync is for a replica on another branch */
+    bool trust_acks;    /* the fork point is known: applied seqs in acks are ours */
+    uint64_t fork_seq;
     uint64_t snapshot_seq;
     err fail;
 };
@@ -109,7 +112,8 @@ static bool
 broken(struct ship *sh)
 {
     struct replica *rp = sh->rp;
-    if (atomic_load(&sh->r->stopping) || atomic_load(&sh->r->demoted) || sh->go_back || sh->fail)
+    if (atomic_load(&sh->r->stopping) || atomic_load(&sh->r->demoted) || !sh->r->primary ||
+        sh->go_back || sh->fail)
         return true;
     if (atomic_load(&rp->pipe_gen) != sh->gen || atomic_load(&rp->pipe_id) == 0)
         return true;
@@ -173,16 +177,55 @@ send_env(struct ship *sh, envelope *env)
 
 /* ---- receiving acks and replies ---- */
 
+/* on_history: the replica answered with its history: keep it for the fork point, and
+ * learn from it; a verified promotion newer than ours means we were replaced. */
+static void
+on_history(struct ship *sh, const envelope *env)
+{
+    struct replica *rp = sh->rp;
+    repl *r = sh->r;
+    Georeg__Repl__Ack *a = env->ack;
+    struct history *th = &rp->their_hist;
+    th->n = 0;
+    th->base_epoch = 1;
+    for (size_t i = 0; i < a->n_history && i < REPL_MAX_HISTORY; i++)
+        if (hist_rec_from_pb(a->history[i], &th->rec[th->n]) == ERR_OK)
+            th->n++;
+    sh->rp->have_their_hist = true;
+    pthread_mutex_lock(&rp->mu);
+    rp->their_epoch = env->epoch;
+    pthread_mutex_unlock(&rp->mu);
+    const char *why = "";
+    if (env->epoch > atomic_load(&r->epoch) &&
+        repl_learn(r, a->history, a->n_history, rp->name, &why) > 0) {
+        bool known = false;
+        if (!repl_writer_is(r, atomic_load(&r->epoch), r->node_name, &known)) {
+            char d[160];
+            snprintf(d, sizeof d, "%.60s knows a promotion to epoch %llu", rp->name,
+                     (unsigned long long)atomic_load(&r->epoch));
+            repl_demote(r, d);
+        }
+    }
+}
+
 static void
 on_ack(struct ship *sh, const envelope *env)
 {
     struct replica *rp = sh->rp;
     Georeg__Repl__Ack *a = env->ack;
+    if (a->n_history)
+        on_history(sh, env);
+    if (a->followed && env->epoch == atomic_load(&sh->r->epoch)) {
+        atomic_store(&rp->confirmed_epoch, env->epoch);
+        repl_check_confirmed(sh->r);
+    }
     pthread_mutex_lock(&rp->mu);
     if (a->acked_msg_id > rp->acked_msg_id)
         rp->acked_msg_id = a->acked_msg_id;
     rp->last_applied_reported = a->applied_seq;
-    if (!sh->resync && a->applied_seq > rp->acked_seq)
+    /* an answer before the fork point is known says where its log is, not what it
+     * holds of ours */
+    if (sh->trust_acks && !sh->resync && a->applied_seq > rp->acked_seq)
         rp->acked_seq = a->applied_seq;
     pthread_mutex_unlock(&rp->mu);
     if (a->error && a->error[0]) {
@@ -445,6 +488,7 @@ flush(struct ship *sh)
     Georeg__Repl__EventBatch b = GEOREG__REPL__EVENT_BATCH__INIT;
     b.n_events = sh->nevents;
     b.events = sh->events;
+    b.head_seq = store_log_head(sh->r->store);
     envelope env = GEOREG__REPL__ENVELOPE__INIT;
     env.body_case = GEOREG__REPL__ENVELOPE__BODY_BATCH;
     env.batch = &b;
@@ -582,26 +626,40 @@ prove(struct ship *sh)
         bool answered = rp->acked_msg_id >= want;
         pthread_mutex_unlock(&rp->mu);
         if (answered)
-            return ERR_OK; /* no proof wanted (a development listener without keys) */
+            break; /* no proof wanted (a development listener without keys): the proof
+                    * still carries our history, unsigned */
         if (sh->have_nonce)
             break;
     }
     buf cert = BUF_INIT, sig = BUF_INIT;
-    err e = wire_proof_sign(sh->r, (slice){(const char *)sh->nonce, sh->nonce_len}, rp->name,
+    struct history h;
+    struct hist_pb pb = {0};
+    hist_init(&h);
+    err e = ERR_OK;
+    if (wire_keys(sh->r) && sh->have_nonce)
+        e = wire_proof_sign(sh->r, (slice){(const char *)sh->nonce, sh->nonce_len}, rp->name,
                             atomic_load(&sh->r->epoch), &cert, &sig);
     if (e) {
         set_error(rp, "cannot sign the peer proof (replication.tls.key)");
         goto out;
     }
+    pthread_mutex_lock(&sh->r->hmu);
+    e = hist_copy(&h, &sh->r->hist);
+    pthread_mutex_unlock(&sh->r->hmu);
+    if (e || (e = hist_pb_new(&h, &pb)))
+        goto out;
     Georeg__Repl__PeerProof pp = GEOREG__REPL__PEER_PROOF__INIT;
     pp.cert.data = (uint8_t *)cert.ptr;
     pp.cert.len = cert.len;
     pp.signature.data = (uint8_t *)sig.ptr;
     pp.signature.len = sig.len;
     pp.receiver = rp->name;
+    pp.n_history = pb.n;
+    pp.history = pb.ptrs;
     envelope pe = GEOREG__REPL__ENVELOPE__INIT;
     pe.body_case = GEOREG__REPL__ENVELOPE__BODY_PEER_PROOF;
     pe.peer_proof = &pp;
+    rp->have_their_hist = false;
     e = send_env(sh, &pe) ? ERR_UNAVAILABLE : ERR_OK;
     want = rp->next_msg_id;
     while (!e) {
@@ -618,6 +676,8 @@ prove(struct ship *sh)
             break;
     }
 out:
+    hist_pb_free(&pb);
+    hist_release(&h);
     buf_release(&cert);
     buf_release(&sig);
     return e;
@@ -735,17 +795,21 @@ resync(struct ship *sh)
     pthread_mutex_lock(&rp->mu);
     rb.total_bytes = rp->resync_total_bytes;
     pthread_mutex_unlock(&rp->mu);
+    rb.diverged = sh->diverged;
+    rb.fork_seq = sh->fork_seq;
     envelope env = GEOREG__REPL__ENVELOPE__INIT;
     env.body_case = GEOREG__REPL__ENVELOPE__BODY_RESYNC_BEGIN;
     env.resync_begin = &rb;
     if (send_env(sh, &env))
         return ERR_UNAVAILABLE;
     sh->resync = true;
+    atomic_fetch_add(&r->resyncs_active, 1);
     sh->resync_asked = false;
     err e = store_snapshot_stream(r->store, on_snapshot_record, sh, &snap_seq);
     if (!e && !sh->fail && !broken(sh))
         e = flush(sh);
     sh->resync = false;
+    atomic_fetch_sub(&r->resyncs_active, 1);
     if (e || sh->fail || broken(sh)) {
         batch_clear(sh);
         log_warn("REPL-RESYNC-ABORTED", "replica=%s", rp->name);
@@ -768,8 +832,9 @@ resync(struct ship *sh)
     char k[128];
     filter_key(rp, k, sizeof k);
     store_meta_put(r->store, k, rp->filter.hash, strlen(rp->filter.hash));
-    log_info("REPL-RESYNC-DONE", "replica=%s snapshot_seq=%llu", rp->name,
-             (unsigned long long)snap_seq);
+    log_info("REPL-RESYNC-DONE", "replica=%s snapshot_seq=%llu diverged=%d", rp->name,
+             (unsigned long long)snap_seq, sh->diverged);
+    sh->diverged = false;
     return ERR_OK;
 }
 
@@ -886,6 +951,35 @@ shipper_main(void *arg)
     }
     set_state(rp, RS_UNREACHABLE);
     while (!atomic_load(&r->stopping)) {
+        if (!r->primary) {
+            /* a secondary (or demoted) node dials nobody: a replaced primary that
+             * kept dialing would take its replicas' connections from the new one */
+            if (rp->dialing) {
+                nng_dialer_close(rp->dialer);
+                rp->dialing = false;
+                log_info("REPL-DIALER-STOPPED", "replica=%s", rp->name);
+            }
+            set_state(rp, RS_UNREACHABLE);
+            set_error(rp, "this node is not the primary");
+            pthread_mutex_lock(&r->wake_mu);
+            if (!atomic_load(&r->stopping) && !r->primary) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_sec += 1;
+                pthread_cond_timedwait(&r->wake_cv, &r->wake_mu, &ts);
+            }
+            pthread_mutex_unlock(&r->wake_mu);
+            continue;
+        }
+        if (!rp->dialing) {
+            if (repl_start_dialer(r, rp) == ERR_OK) {
+                rp->dialing = true;
+                rp->down_since_ms = 0;
+            } else {
+                usleep(1000000);
+                continue;
+            }
+        }
         if (atomic_load(&r->demoted)) {
             /* fenced by its operator: this node is no longer the primary */
             set_error(rp, "this node is fenced (operator): not shipping");
@@ -915,6 +1009,7 @@ shipper_main(void *arg)
         }
         rp->down_since_ms = 0;
         sh.gen = atomic_load(&rp->pipe_gen);
+        sh.trust_acks = false;
         sh.go_back = false;
         sh.fail = ERR_OK;
         pthread_mutex_lock(&rp->mu);
@@ -944,15 +1039,41 @@ shipper_main(void *arg)
         filter_key(rp, k, sizeof k);
         bool have_hash = store_meta_get(r->store, k, &v) == ERR_OK;
         bool filter_changed = have_hash && !slice_eq_cstr(buf_slice(&v), rp->filter.hash);
-        bool need = applied + 1 < first || applied > head || filter_changed;
+        /* where our histories fork: a replica whose log goes beyond that point (ahead
+         * of us, or on another primary's branch) is never streamed into as if it
+         * were behind: it is rebuilt from our state, and says what it loses */
+        uint64_t fork = applied;
+        if (rp->have_their_hist) {
+            pthread_mutex_lock(&r->hmu);
+            fork = hist_fork(&r->hist, &rp->their_hist, applied < head ? applied : head);
+            pthread_mutex_unlock(&r->hmu);
+        }
+        bool diverged = fork < applied;
         pthread_mutex_lock(&rp->mu);
-        rp->acked_seq = applied;
+        rp->fork_seq = fork;
+        if (diverged)
+            rp->diverged++;
         pthread_mutex_unlock(&rp->mu);
+        if (diverged) {
+            log_warn("REPL-DIVERGED", "replica=%s applied=%llu fork_seq=%llu head=%llu "
+                     "their_epoch=%llu msg=\"its log went past the fork point: resync\"",
+                     rp->name, (unsigned long long)applied, (unsigned long long)fork,
+                     (unsigned long long)head, (unsigned long long)rp->their_epoch);
+            set_error(rp, "diverged: on another branch of the history, resyncing");
+        }
+        sh.diverged = diverged;
+        sh.fork_seq = fork;
+        bool need = applied + 1 < first || applied > head || filter_changed || diverged;
+        pthread_mutex_lock(&rp->mu);
+        /* what it holds of ours: up to the fork */
+        rp->acked_seq = diverged ? fork : applied;
+        pthread_mutex_unlock(&rp->mu);
+        sh.trust_acks = true; /* streaming, or a resync that starts from nothing */
         if (need) {
             log_info("REPL-RESYNC-NEEDED", "replica=%s applied=%llu log_first=%llu head=%llu "
-                     "filter_changed=%d",
+                     "filter_changed=%d diverged=%d",
                      rp->name, (unsigned long long)applied, (unsigned long long)first,
-                     (unsigned long long)head, filter_changed);
+                     (unsigned long long)head, filter_changed, diverged);
             if (resync(&sh) != ERR_OK) {
                 pthread_mutex_lock(&rp->mu);
                 rp->retries++;

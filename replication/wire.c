@@ -89,9 +89,9 @@ out:
  * disk straight into the message and written from it without intermediate copies. */
 #define FRAME_HDR 4
 
-err
-wire_send_payload(repl *r, nng_socket s, envelope *env, uint64_t msg_id, size_t plen,
-                  err (*fill)(void *arg, char *dst, size_t n), void *arg)
+static err
+send_msg(repl *r, nng_socket s, uint32_t pipe, envelope *env, uint64_t msg_id, size_t plen,
+         err (*fill)(void *arg, char *dst, size_t n), void *arg)
 {
     env->version = REPL_PROTOCOL_VERSION;
     env->sender = r->node_name;
@@ -117,6 +117,11 @@ wire_send_payload(repl *r, nng_socket s, envelope *env, uint64_t msg_id, size_t 
             return e;
         }
     }
+    if (pipe) {
+        nng_pipe p = NNG_PIPE_INITIALIZER;
+        p.id = pipe;
+        nng_msg_set_pipe(m, p);
+    }
     rv = nng_sendmsg(s, m, 0);
     if (rv) {
         nng_msg_free(m);
@@ -126,9 +131,22 @@ wire_send_payload(repl *r, nng_socket s, envelope *env, uint64_t msg_id, size_t 
 }
 
 err
+wire_send_payload(repl *r, nng_socket s, envelope *env, uint64_t msg_id, size_t plen,
+                  err (*fill)(void *arg, char *dst, size_t n), void *arg)
+{
+    return send_msg(r, s, 0, env, msg_id, plen, fill, arg);
+}
+
+err
 wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id)
 {
-    return wire_send_payload(r, s, env, msg_id, 0, NULL, NULL);
+    return send_msg(r, s, 0, env, msg_id, 0, NULL, NULL);
+}
+
+err
+wire_send_to(repl *r, nng_socket s, uint32_t pipe, envelope *env)
+{
+    return send_msg(r, s, pipe, env, 0, 0, NULL, NULL);
 }
 
 err
@@ -224,13 +242,13 @@ proof_message(buf *m, slice nonce, const char *receiver, const char *sender, uin
     buf_add(m, e, 8);
 }
 
-err
-wire_proof_sign(repl *r, slice nonce, const char *receiver, uint64_t epoch, buf *cert, buf *sig)
+/* sign_message signs m with this node's key; *cert gets its (client) certificate. */
+static err
+sign_message(repl *r, const buf *m, buf *cert, buf *sig)
 {
     err e = ERR_CONFIG;
     EVP_PKEY *pk = NULL;
     EVP_MD_CTX *md = NULL;
-    buf m = BUF_INIT;
     const char *cert_path = r->tls_client_cert[0] ? r->tls_client_cert : r->tls_cert;
     char *pem = read_file(cert_path);
     FILE *kf = fopen(r->tls_key, "rb");
@@ -241,19 +259,20 @@ wire_proof_sign(repl *r, slice nonce, const char *receiver, uint64_t epoch, buf 
     pk = PEM_read_PrivateKey(kf, NULL, NULL, NULL);
     if (!pk || !(md = EVP_MD_CTX_new()))
         goto out;
-    proof_message(&m, nonce, receiver, r->node_name, epoch);
     size_t n = 0;
     if (EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, pk) != 1 ||
-        EVP_DigestSign(md, NULL, &n, (const unsigned char *)m.ptr, m.len) != 1)
+        EVP_DigestSign(md, NULL, &n, (const unsigned char *)m->ptr, m->len) != 1)
         goto out;
     buf_reset(sig);
     if (buf_grow(sig, n + 1))
         goto out;
-    if (EVP_DigestSign(md, (unsigned char *)sig->ptr, &n, (const unsigned char *)m.ptr, m.len) != 1)
+    if (EVP_DigestSign(md, (unsigned char *)sig->ptr, &n, (const unsigned char *)m->ptr,
+                       m->len) != 1)
         goto out;
     sig->len = n;
     buf_reset(cert);
-    buf_adds(cert, pem);
+    if (buf_adds(cert, pem))
+        goto out;
     e = ERR_OK;
 out:
     if (e)
@@ -263,13 +282,14 @@ out:
     free(pem);
     EVP_MD_CTX_free(md);
     EVP_PKEY_free(pk);
-    buf_release(&m);
     return e;
 }
 
-enum repl_refusal
-wire_proof_verify(repl *r, slice cert, slice sig, slice nonce, const char *sender,
-                  const char *receiver, uint64_t epoch, const char **why)
+/* verify_message: cert chains to the cluster CA for client use, names signer (SAN),
+ * and sig is its signature over m. REFUSE_COUNT when it holds. */
+static enum repl_refusal
+verify_message(repl *r, slice cert, slice sig, const buf *m, const char *signer,
+               const char **why)
 {
     enum repl_refusal res = REFUSE_BAD_PROOF;
     BIO *bio = NULL;
@@ -278,7 +298,6 @@ wire_proof_verify(repl *r, slice cert, slice sig, slice nonce, const char *sende
     X509_STORE_CTX *ctx = NULL;
     EVP_PKEY *pk = NULL;
     EVP_MD_CTX *md = NULL;
-    buf m = BUF_INIT;
     *why = "malformed certificate";
     if (!cert.len || cert.len > PROOF_MAX_CERT || !sig.len || sig.len > 1024)
         goto out;
@@ -292,18 +311,14 @@ wire_proof_verify(repl *r, slice cert, slice sig, slice nonce, const char *sende
         X509_verify_cert(ctx) != 1)
         goto out;
     *why = "certificate does not name the sender";
-    if (X509_check_host(x, sender, strlen(sender), X509_CHECK_FLAG_NO_WILDCARDS, NULL) != 1)
-        goto out;
-    *why = "proof for another node";
-    if (strcmp(receiver, r->node_name) != 0)
+    if (X509_check_host(x, signer, strlen(signer), X509_CHECK_FLAG_NO_WILDCARDS, NULL) != 1)
         goto out;
     *why = "signature does not verify";
     if (!(pk = X509_get_pubkey(x)) || !(md = EVP_MD_CTX_new()))
         goto out;
-    proof_message(&m, nonce, receiver, sender, epoch);
     if (EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, pk) != 1 ||
         EVP_DigestVerify(md, (const unsigned char *)sig.ptr, sig.len,
-                         (const unsigned char *)m.ptr, m.len) != 1)
+                         (const unsigned char *)m->ptr, m->len) != 1)
         goto out;
     *why = "";
     res = REFUSE_COUNT;
@@ -315,6 +330,87 @@ out:
     X509_STORE_free(st);
     EVP_PKEY_free(pk);
     EVP_MD_CTX_free(md);
+    return res;
+}
+
+err
+wire_proof_sign(repl *r, slice nonce, const char *receiver, uint64_t epoch, buf *cert, buf *sig)
+{
+    buf m = BUF_INIT;
+    proof_message(&m, nonce, receiver, r->node_name, epoch);
+    err e = sign_message(r, &m, cert, sig);
+    buf_release(&m);
+    return e;
+}
+
+enum repl_refusal
+wire_proof_verify(repl *r, slice cert, slice sig, slice nonce, const char *sender,
+                  const char *receiver, uint64_t epoch, const char **why)
+{
+    if (strcmp(receiver, r->node_name) != 0) {
+        *why = "proof for another node";
+        return REFUSE_BAD_PROOF;
+    }
+    buf m = BUF_INIT;
+    proof_message(&m, nonce, receiver, sender, epoch);
+    enum repl_refusal res = verify_message(r, cert, sig, &m, sender, why);
     buf_release(&m);
     return res;
+}
+
+/* ---- promotion records ---- */
+
+static void
+add_u64be(buf *m, uint64_t v)
+{
+    char e[8];
+    for (int i = 0; i < 8; i++)
+        e[i] = (char)(v >> (56 - 8 * i));
+    buf_add(m, e, 8);
+}
+
+static void
+record_message(buf *m, const struct hist_rec *rec)
+{
+    buf_add(m, "georeg-promotion-v1", 20); /* with its NUL */
+    buf_add(m, rec->node, strlen(rec->node) + 1);
+    add_u64be(m, rec->epoch);
+    add_u64be(m, rec->start_seq);
+    add_u64be(m, rec->time_ms);
+}
+
+bool
+wire_keys(repl *r)
+{
+    return r->tls_key[0] && r->tls_ca[0];
+}
+
+err
+wire_record_sign(repl *r, struct hist_rec *rec)
+{
+    if (!wire_keys(r)) { /* a development cluster without keys: unsigned records */
+        buf_reset(&rec->cert);
+        buf_reset(&rec->sig);
+        return ERR_OK;
+    }
+    buf m = BUF_INIT;
+    record_message(&m, rec);
+    err e = sign_message(r, &m, &rec->cert, &rec->sig);
+    buf_release(&m);
+    return e;
+}
+
+bool
+wire_record_verify(repl *r, const struct hist_rec *rec, const char **why)
+{
+    if (!wire_keys(r)) {
+        *why = "";
+        return true;
+    }
+    buf m = BUF_INIT;
+    record_message(&m, rec);
+    enum repl_refusal res = verify_message(r, buf_slice(&rec->cert), buf_slice(&rec->sig), &m,
+                                           rec->node, why);
+    buf_release(&m);
+    return res == REFUSE_COUNT;
 }

@@ -35,11 +35,12 @@ static err
 h_readyz(struct http_req *r, bool nowait)
 {
     struct node *n = r->app;
+    const char *why = "";
     (void)nowait;
     if (!atomic_load(&n->ready))
         http_resp_error(r, ERR_UNAVAILABLE, "not ready", NULL);
-    else if (!repl_ready(n->repl))
-        http_resp_error(r, ERR_UNAVAILABLE, "resyncing from the primary", NULL);
+    else if (!repl_ready(n->repl, &why))
+        http_resp_error(r, ERR_UNAVAILABLE, why, NULL);
     else if (store_full(n->store))
         http_resp_error(r, ERR_UNAVAILABLE,
                         "the store refuses writes: the disk is full (or below storage.min_free)",
@@ -168,6 +169,77 @@ h_fence(struct http_req *r, bool nowait)
     }
     buf b = BUF_INIT;
     repl_fence_json(n->repl, &b);
+    r->resp.status = 200;
+    buf_release(&r->resp.body);
+    r->resp.body = b;
+    http_resp_header(r, "Content-Type", "application/json");
+    return ERR_OK;
+}
+
+/* h_promote: POST /_georeg/v1/promote[?force=true] makes this secondary the primary
+ * (repl_promote); 200 with the report, 409 CONFLICT-like DENIED with it when refused. */
+static err
+h_promote(struct http_req *r, bool nowait)
+{
+    struct node *n = r->app;
+    (void)nowait;
+    char fv[8] = "";
+    bool force = http_req_query(r, "force", fv, sizeof fv) &&
+                 (!strcmp(fv, "true") || !strcmp(fv, "1"));
+    buf b = BUF_INIT;
+    err e = repl_promote(n->repl, force, &b);
+    audit_log(n, r, "replication.promote", NULL, NULL, NULL, e ? 409 : 200,
+              e ? "refused" : (force ? "forced" : NULL));
+    r->resp.status = e == ERR_OK ? 200 : e == ERR_INVALID ? 400 : 409;
+    buf_release(&r->resp.body);
+    r->resp.body = b;
+    http_resp_header(r, "Content-Type", "application/json");
+    return ERR_OK;
+}
+
+/* h_conflicts: GET lists tag conflicts (?all=true: also resolved ones, with every
+ * reported event); POST /_georeg/v1/conflicts/REPORT/N?resolve=HOW records a
+ * decision. */
+static err
+h_conflicts(struct http_req *r, bool nowait)
+{
+    struct node *n = r->app;
+    (void)nowait;
+    buf b = BUF_INIT;
+    if (r->method == M_POST) {
+        slice rest = {r->path.ptr + 22, r->path.len - 22}; /* after /_georeg/v1/conflicts/ */
+        unsigned long long report = 0, k = 0;
+        char tmp[64], how[16] = "";
+        str_copy_slice(tmp, sizeof tmp, rest);
+        const char *q = NULL;
+        static const char *const hows[] = {"keep-new", "take-old", "retagged"};
+        char hv[16] = "";
+        if (http_req_query(r, "resolve", hv, sizeof hv))
+            for (size_t i = 0; i < 3; i++)
+                if (!strcmp(hv, hows[i]))
+                    q = hows[i];
+        if (sscanf(tmp, "%llu/%llu", &report, &k) != 2 || !q) {
+            http_resp_error(r, ERR_INVALID,
+                            "POST /_georeg/v1/conflicts/REPORT/N?resolve=keep-new|take-old|"
+                            "retagged",
+                            NULL);
+            return ERR_OK;
+        }
+        str_copy(how, sizeof how, q);
+        err e = repl_conflict_resolve(n->repl, report, k, how);
+        audit_log(n, r, "replication.conflict.resolve", NULL, NULL, NULL, e ? 404 : 200, how);
+        if (e) {
+            http_resp_error(r, ERR_NOT_FOUND, "no such conflict", NULL);
+            return ERR_OK;
+        }
+    }
+    char av[8] = "";
+    bool all = http_req_query(r, "all", av, sizeof av) && !strcmp(av, "true");
+    if (repl_conflicts_json(n->repl, all, &b)) {
+        buf_release(&b);
+        http_resp_error(r, ERR_INTERNAL, "cannot read the conflict reports", NULL);
+        return ERR_OK;
+    }
     r->resp.status = 200;
     buf_release(&r->resp.body);
     r->resp.body = b;
@@ -353,6 +425,26 @@ admin_route(struct http_req *r)
         if (!access_require(r, NULL, write ? ACT_ADMIN : ACT_METADATA, NULL, 0, true))
             return true;
         r->handler = h_fence;
+        r->handler_on_pool = true;
+        return true;
+    }
+    if (slice_eq_cstr(p, "/_georeg/v1/promote") ||
+        slice_eq_cstr(p, "/_georeg/v1/conflicts") ||
+        slice_starts_with(p, "/_georeg/v1/conflicts/")) {
+        bool promote = slice_eq_cstr(p, "/_georeg/v1/promote");
+        bool write = r->method == M_POST;
+        if ((promote && !write) || (!promote && r->method != M_GET && !write) ||
+            (!promote && write != slice_starts_with(p, "/_georeg/v1/conflicts/"))) {
+            http_resp_error(r, ERR_METHOD, NULL, NULL);
+            return true;
+        }
+        if (!n_has_repl(r)) {
+            http_resp_error(r, ERR_UNSUPPORTED, "replication is not configured", NULL);
+            return true;
+        }
+        if (!access_require(r, NULL, write ? ACT_ADMIN : ACT_METADATA, NULL, 0, true))
+            return true;
+        r->handler = promote ? h_promote : h_conflicts;
         r->handler_on_pool = true;
         return true;
     }

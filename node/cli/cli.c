@@ -36,6 +36,9 @@ struct cli_opts {
     const char *password_file;
     const char *query[8]; /* audit filters as key=value */
     size_t nquery;
+    bool force;           /* promote --force */
+    bool all;             /* conflicts --all */
+    const char *resolve;  /* conflicts resolve: keep-new | take-old | retagged */
 };
 
 static const struct cli_opts *g_opts; /* the frozen options of this command run */
@@ -512,6 +515,102 @@ cmd_fence(const struct cli_opts *o)
     return rc;
 }
 
+/* cmd_promote: `georeg promote [--force]` makes the node at --url the primary. The
+ * node's report (what each region holds, what would be lost, why it refused) is
+ * printed either way; exit 1 when it refused. */
+static int
+cmd_promote(const struct cli_opts *o)
+{
+    buf url = BUF_INIT, body = BUF_INIT;
+    buf_addf(&url, "%s/_georeg/v1/promote%s", o->url, o->force ? "?force=true" : "");
+    long st = http_call("POST", url.ptr, NULL, &body, 60);
+    int rc = 0;
+    json_t *j = st > 0 ? json_loadb(body.ptr, body.len, 0, NULL) : NULL;
+    if (o->json || !j || !json_object_get(j, "regions")) {
+        fwrite(body.ptr, 1, body.len, stdout);
+        fputc('\n', stdout);
+    } else {
+        bool ok = json_is_true(json_object_get(j, "promoted"));
+        printf("%s %s at epoch %.0f\n", jstr(j, "node"), ok ? "PROMOTED" : "NOT PROMOTED",
+               jnum(j, "epoch"));
+        json_t *reasons = json_object_get(j, ok ? "overridden" : "refused"), *x;
+        size_t i;
+        json_array_foreach(reasons, i, x) printf("  %s: %s\n", ok ? "overridden" : "refused",
+                                                 json_string_value(x));
+        printf("%-12s %-10s %-10s %6s %12s %10s %9s  %s\n", "REGION", "REACHABLE", "ROLE",
+               "EPOCH", "APPLIED", "FORK", "AHEAD_BY", "ERROR");
+        json_array_foreach(json_object_get(j, "regions"), i, x)
+        {
+            bool reach = json_is_true(json_object_get(x, "reachable"));
+            printf("%-12s %-10s %-10s %6.0f %12.0f %10.0f %9.0f  %s\n", jstr(x, "name"),
+                   reach ? "yes" : "no", reach ? jstr(x, "role") : "-", jnum(x, "epoch"),
+                   jnum(x, "applied_seq"), jnum(x, "fork_seq"), jnum(x, "ahead_by"),
+                   jstr(x, "error"));
+        }
+        printf("applied here %.0f; the old primary last said its head was %.0f (%.0f behind)\n",
+               jnum(j, "applied_seq"), jnum(j, "last_primary_head"),
+               jnum(j, "behind_last_primary"));
+    }
+    if (st != 200)
+        rc = st == 409 || st == 403 ? 1 : api_error("promote", st, &body);
+    json_decref(j);
+    buf_release(&url);
+    buf_release(&body);
+    return rc;
+}
+
+/* cmd_conflicts: `georeg conflicts [--json] [--all]` lists the tag conflicts this
+ * node found after its log went past a fork point; `georeg conflicts resolve REPORT N
+ * --keep-new|--take-old|--retagged` records an operator's decision. */
+static int
+cmd_conflicts(const struct cli_opts *o)
+{
+    buf url = BUF_INIT, body = BUF_INIT;
+    long st;
+    int rc = 0;
+    if (o->target && !strcmp(o->target, "resolve")) {
+        if (o->nargs != 2 || !o->resolve) {
+            fprintf(stderr, "usage: georeg conflicts resolve REPORT N "
+                            "--keep-new|--take-old|--retagged\n");
+            return 2;
+        }
+        buf_addf(&url, "%s/_georeg/v1/conflicts/%s/%s?resolve=%s", o->url, o->args[0],
+                 o->args[1], o->resolve);
+        st = http_call("POST", url.ptr, NULL, &body, 30);
+    } else {
+        buf_addf(&url, "%s/_georeg/v1/conflicts%s", o->url, o->all ? "?all=true" : "");
+        st = http_get(url.ptr, &body, 30);
+    }
+    json_t *j = st == 200 ? json_loadb(body.ptr, body.len, 0, NULL) : NULL;
+    if (st != 200) {
+        rc = api_error("conflicts", st, &body);
+    } else if (o->json || !j || !json_object_get(j, "conflicts")) {
+        fwrite(body.ptr, 1, body.len, stdout);
+        fputc('\n', stdout);
+    } else {
+        json_t *x;
+        size_t i;
+        printf("%-15s %-3s %-30s %-20s %-19s %-19s %s\n", "REPORT", "N", "REPOSITORY", "TAG",
+               "OLD", "NEW", "STATUS");
+        json_array_foreach(json_object_get(j, "conflicts"), i, x)
+        {
+            const char *nw = jstr(x, "new_digest");
+            printf("%-15.0f %-3.0f %-30s %-20s %-19.19s %-19.19s %s\n", jnum(x, "report"),
+                   jnum(x, "n"), jstr(x, "repo"), jstr(x, "tag"), jstr(x, "old_digest"),
+                   *nw ? nw : "(none)", jstr(x, "status"));
+        }
+        json_array_foreach(json_object_get(j, "divergences"), i, x)
+            printf("divergence %.0f: %.0f events beyond seq %.0f (epoch %.0f -> %.0f, primary "
+                   "%s)\n",
+                   jnum(x, "id"), jnum(x, "lost_events"), jnum(x, "fork_seq"), jnum(x, "epoch"),
+                   jnum(x, "new_epoch"), jstr(x, "primary"));
+    }
+    json_decref(j);
+    buf_release(&url);
+    buf_release(&body);
+    return rc;
+}
+
 int
 cli_main(const char *cmd, int argc, char **argv)
 {
@@ -519,7 +618,9 @@ cli_main(const char *cmd, int argc, char **argv)
          is_wait = !strcmp(cmd, "wait"), is_audit = !strcmp(cmd, "audit");
     bool is_ident = !strcmp(cmd, "user") || !strcmp(cmd, "token") || !strcmp(cmd, "sp");
     bool is_fence = !strcmp(cmd, "fence");
-    if (!is_status && !is_lag && !is_wait && !is_ident && !is_audit && !is_fence)
+    bool is_promote = !strcmp(cmd, "promote"), is_conflicts = !strcmp(cmd, "conflicts");
+    if (!is_status && !is_lag && !is_wait && !is_ident && !is_audit && !is_fence &&
+        !is_promote && !is_conflicts)
         return -1;
     static struct cli_opts o;
     memset(&o, 0, sizeof o);
@@ -539,6 +640,14 @@ cli_main(const char *cmd, int argc, char **argv)
             i++;
         } else if (!strcmp(a, "--json")) {
             o.json = true;
+        } else if (is_promote && !strcmp(a, "--force")) {
+            o.force = true;
+        } else if (is_conflicts && !strcmp(a, "--all")) {
+            o.all = true;
+        } else if (is_conflicts &&
+                   (!strcmp(a, "--keep-new") || !strcmp(a, "--take-old") ||
+                    !strcmp(a, "--retagged"))) {
+            o.resolve = a + 2;
         } else if (!strcmp(a, "--regions") && v) {
             o.regions = v;
             i++;
@@ -580,7 +689,7 @@ cli_main(const char *cmd, int argc, char **argv)
             o.query[o.nquery] = qs[o.nquery];
             o.nquery++;
             i++;
-        } else if (a[0] != '-' && is_ident && o.nargs < 8) {
+        } else if (a[0] != '-' && (is_ident || (is_conflicts && o.target)) && o.nargs < 8) {
             o.args[o.nargs++] = a;
         } else if (a[0] != '-' && !o.target) {
             o.target = a;
@@ -593,6 +702,10 @@ cli_main(const char *cmd, int argc, char **argv)
     int rc;
     if (is_fence) {
         rc = cmd_fence(&o);
+    } else if (is_promote) {
+        rc = cmd_promote(&o);
+    } else if (is_conflicts) {
+        rc = cmd_conflicts(&o);
     } else if (is_ident) {
         rc = cmd_identity(cmd, &o);
     } else if (is_audit) {

@@ -643,6 +643,7 @@ def pb_envelope(body_field, body, msg_id=1, epoch=1, sender="mallory", version=1
 
 ENV_BATCH, ENV_CHUNK, ENV_ACK, ENV_HEARTBEAT, ENV_RESYNC_BEGIN = 10, 13, 14, 15, 17
 ENV_PEER_HELLO, ENV_PEER_CHALLENGE, ENV_PEER_PROOF = 19, 20, 21
+ENV_HAVE_QUERY = 11
 EV_META_PUT, EV_META_DELETE = 6, 7
 
 

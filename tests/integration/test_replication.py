@@ -695,9 +695,11 @@ def _replay(port, handshake, frames):
     """Sends handshake + frames verbatim on a new connection; waits for at
     least one reply per frame (an ack each), returns the reply frames."""
     c = C.SPClient(port, handshake=handshake)
+    # an ack per frame, and a have-reply more for each have-query
+    want = len(frames) + sum(1 for f in frames if C.ENV_HAVE_QUERY in C.env_fields(f))
     try:
         c.send(b"".join(C.sp_frame(f) for f in frames))
-        return c.wait_frames(len(frames), timeout=15)
+        return c.wait_frames(want, timeout=15)
     finally:
         c.close()
 
