@@ -13,6 +13,7 @@
 #include "../common/banned.h"
 
 #define HISTORY_KEY "repl/history"
+#define KNOWN_KEY "repl/known"
 
 void
 hist_init(struct history *h)
@@ -187,13 +188,18 @@ hist_pb_free(struct hist_pb *p)
     p->n = 0;
 }
 
-/* ---- persistence (the caller holds r->hmu) ---- */
+/* ---- persistence (the caller holds r->hmu) ----
+ * Two lists: hist, the history of this node's own log (what epochs wrote it: its
+ * own promotions, or the history of the primary it follows, taken once that
+ * primary has shown the log agrees), and known, verified promotions newer than
+ * that (learned from peers; they raise the epoch and are passed on, so that a
+ * replaced primary can verify that it was). */
 
-err
-hist_load(repl *r)
+static err
+load_key(repl *r, const char *key, struct history *out)
 {
     buf v = BUF_INIT;
-    err e = store_meta_get(r->store, HISTORY_KEY, &v);
+    err e = store_meta_get(r->store, key, &v);
     if (e == ERR_NOT_FOUND) {
         buf_release(&v);
         return ERR_OK;
@@ -206,25 +212,25 @@ hist_load(repl *r)
         georeg__repl__history__unpack(NULL, v.len, (const uint8_t *)v.ptr);
     buf_release(&v);
     if (!h) {
-        log_error("REPL-HISTORY", "error=\"stored history does not decode\"");
+        log_error("REPL-HISTORY", "key=%s error=\"stored history does not decode\"", key);
         return ERR_IO;
     }
     e = ERR_OK;
-    r->hist.n = 0;
+    out->n = 0;
     for (size_t i = 0; i < h->n_records && i < REPL_MAX_HISTORY; i++) {
-        if ((e = hist_rec_from_pb(h->records[i], &r->hist.rec[r->hist.n])))
+        if ((e = hist_rec_from_pb(h->records[i], &out->rec[out->n])))
             break;
-        r->hist.n++;
+        out->n++;
     }
     georeg__repl__history__free_unpacked(h, NULL);
     return e;
 }
 
-err
-hist_save(repl *r)
+static err
+save_key(repl *r, const char *key, const struct history *src)
 {
     struct hist_pb pb;
-    err e = hist_pb_new(&r->hist, &pb);
+    err e = hist_pb_new(src, &pb);
     if (e)
         return e;
     Georeg__Repl__History h = GEOREG__REPL__HISTORY__INIT;
@@ -237,18 +243,35 @@ hist_save(repl *r)
         return ERR_NOMEM;
     }
     georeg__repl__history__pack(&h, b);
-    e = store_meta_put(r->store, HISTORY_KEY, b, n);
+    e = store_meta_put(r->store, key, b, n);
     free(b);
     hist_pb_free(&pb);
     return e;
 }
 
-/* hist_append_locked adds rec (already checked) at the end, dropping the oldest
+err
+hist_load(repl *r)
+{
+    err e = load_key(r, HISTORY_KEY, &r->hist);
+    if (!e)
+        e = load_key(r, KNOWN_KEY, &r->known);
+    return e;
+}
+
+err
+hist_save(repl *r)
+{
+    err e = save_key(r, HISTORY_KEY, &r->hist);
+    if (!e)
+        e = save_key(r, KNOWN_KEY, &r->known);
+    return e;
+}
+
+/* hist_append adds rec (already checked) at the end of h, dropping the oldest
  * record when full (its epoch becomes the base of what is older). */
 static err
-hist_append_locked(repl *r, const struct hist_rec *rec)
+hist_append(struct history *h, const struct hist_rec *rec)
 {
-    struct history *h = &r->hist;
     if (h->n == REPL_MAX_HISTORY) {
         h->base_epoch = h->rec[0].epoch;
         struct hist_rec first = h->rec[0];
@@ -260,7 +283,41 @@ hist_append_locked(repl *r, const struct hist_rec *rec)
     if (e)
         return e;
     h->n++;
-    return hist_save(r);
+    return ERR_OK;
+}
+
+/* newest_epoch_locked: the newest epoch we hold a record of. */
+static uint64_t
+newest_epoch_locked(repl *r)
+{
+    uint64_t a = hist_last_epoch(&r->hist), b = r->known.n ? hist_last_epoch(&r->known) : 0;
+    return a > b ? a : b;
+}
+
+static const struct hist_rec *
+find_any_locked(repl *r, uint64_t epoch)
+{
+    const struct hist_rec *h = hist_find(&r->hist, epoch);
+    return h ? h : hist_find(&r->known, epoch);
+}
+
+/* prune_known_locked drops known records no newer than the log history. */
+static void
+prune_known_locked(repl *r)
+{
+    uint64_t last = hist_last_epoch(&r->hist);
+    size_t k = 0;
+    for (size_t i = 0; i < r->known.n; i++) {
+        if (r->known.rec[i].epoch <= last)
+            continue;
+        if (k != i) {
+            struct hist_rec t = r->known.rec[k];
+            r->known.rec[k] = r->known.rec[i];
+            r->known.rec[i] = t;
+        }
+        k++;
+    }
+    r->known.n = k;
 }
 
 /* ---- learning records from peers ---- */
@@ -282,7 +339,7 @@ repl_learn(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const char *
 {
     int learned = 0;
     *why = "";
-    if (n > REPL_MAX_HISTORY) {
+    if (n > 2 * REPL_MAX_HISTORY) {
         *why = "history longer than any node keeps";
         return -1;
     }
@@ -297,7 +354,7 @@ repl_learn(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const char *
             learned = -1;
             break;
         }
-        const struct hist_rec *have = hist_find(&r->hist, rec.epoch);
+        const struct hist_rec *have = find_any_locked(r, rec.epoch);
         if (have) {
             if (strcmp(have->node, rec.node) != 0 || have->start_seq != rec.start_seq) {
                 /* two promotions to one epoch: the first one verified here stands */
@@ -313,23 +370,15 @@ repl_learn(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const char *
             }
             continue;
         }
-        uint64_t last = hist_last_epoch(&r->hist);
+        uint64_t last = newest_epoch_locked(r);
         uint64_t mine = atomic_load(&r->epoch);
-        if (rec.epoch <= last) {
-            /* older than our newest record and not in our history: another branch's
-             * past; it matters only to the fork point, which the primary computes
-             * (and a node that follows that primary takes its history whole) */
-            continue;
-        }
+        if (rec.epoch <= last)
+            continue; /* another branch's past: only the fork point cares, and the
+                       * primary computes that from our log's history */
         if (mine < last)
             mine = last;
         if (rec.epoch > mine + REPL_MAX_EPOCH_JUMP) {
             *why = "promotion epoch jumps too far";
-            learned = -1;
-            break;
-        }
-        if (r->hist.n && rec.start_seq < r->hist.rec[r->hist.n - 1].start_seq) {
-            *why = "promotion starts before the previous one";
             learned = -1;
             break;
         }
@@ -342,7 +391,7 @@ repl_learn(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const char *
             learned = -1;
             break;
         }
-        if (hist_append_locked(r, &rec)) {
+        if (hist_append(&r->known, &rec) || hist_save(r)) {
             *why = "cannot store the history";
             learned = -1;
             break;
@@ -364,62 +413,55 @@ repl_learn(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const char *
 }
 
 err
-repl_take_history(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const char *from)
+repl_take_history(repl *r, const struct history *t, const char *from)
 {
-    if (n > REPL_MAX_HISTORY)
-        return ERR_PROTOCOL;
-    struct history *t = malloc(sizeof *t);
-    if (!t)
-        return ERR_NOMEM;
-    hist_init(t);
     err e = ERR_OK;
     const char *why = "";
     pthread_mutex_lock(&r->hmu);
-    for (size_t i = 0; i < n && !e; i++) {
-        struct hist_rec *rec = &t->rec[t->n];
-        if ((e = hist_rec_from_pb(recs[i], rec)))
-            break;
-        if (t->n && (rec->epoch <= t->rec[t->n - 1].epoch ||
-                     rec->start_seq < t->rec[t->n - 1].start_seq)) {
+    for (size_t i = 0; i < t->n && !e; i++) {
+        const struct hist_rec *rec = &t->rec[i];
+        if (i && (rec->epoch <= t->rec[i - 1].epoch || rec->start_seq < t->rec[i - 1].start_seq)) {
             why = "records out of order";
             e = ERR_PROTOCOL;
             break;
         }
-        const struct hist_rec *have = hist_find(&r->hist, rec->epoch);
+        const struct hist_rec *have = find_any_locked(r, rec->epoch);
         bool same = have && have->start_seq == rec->start_seq &&
                     strcmp(have->node, rec->node) == 0;
         if (!same && (!repl_may_be_primary(r, rec->node) || !wire_record_verify(r, rec, &why))) {
             if (!*why)
                 why = "promotion of a node that may not be primary";
             e = ERR_PROTOCOL;
-            break;
         }
-        t->n++;
     }
-    if (!e && (t->n != r->hist.n || hist_fork(t, &r->hist, UINT64_MAX - 1) != UINT64_MAX - 1)) {
-        /* our history becomes the primary's: records of a branch it is not on are no
-         * longer facts about this node's log (the primary resyncs what went past the
-         * fork) */
-        struct history old;
-        hist_init(&old);
-        e = hist_copy(&old, &r->hist);
-        if (!e)
-            e = hist_copy(&r->hist, t);
-        if (!e)
-            e = hist_save(r);
-        if (e) {
-            if (hist_copy(&r->hist, &old))
-                log_error("REPL-HISTORY", "error=\"cannot restore the history\"");
+    bool changed = !e && (t->n != r->hist.n || hist_fork(t, &r->hist, UINT64_MAX - 1) !=
+                                                  UINT64_MAX - 1);
+    if (changed) {
+        /* this node's log is the primary's now (it streams into it only once the fork
+         * point is behind what we hold, or rebuilds it): its history describes ours */
+        struct history *old = malloc(sizeof *old);
+        if (!old) {
+            e = ERR_NOMEM;
         } else {
+            hist_init(old);
+            e = hist_copy(old, &r->hist);
+            if (!e)
+                e = hist_copy(&r->hist, t);
+            if (!e) {
+                prune_known_locked(r);
+                e = hist_save(r);
+            }
+            if (e && hist_copy(&r->hist, old))
+                log_error("REPL-HISTORY", "error=\"cannot restore the history\"");
+            hist_release(old);
+            free(old);
+        }
+        if (!e)
             log_info("REPL-HISTORY-TAKEN", "from=%s records=%zu last_epoch=%llu", from, t->n,
                      (unsigned long long)hist_last_epoch(t));
-        }
-        hist_release(&old);
     }
-    uint64_t last = hist_last_epoch(&r->hist);
+    uint64_t last = newest_epoch_locked(r);
     pthread_mutex_unlock(&r->hmu);
-    hist_release(t);
-    free(t);
     if (!e)
         wire_epoch_adopt(r, last, from);
     else if (*why)
@@ -441,10 +483,12 @@ repl_history_add_own(repl *r, uint64_t epoch, uint64_t start_seq)
     err e = wire_record_sign(r, &rec);
     if (!e) {
         pthread_mutex_lock(&r->hmu);
-        if (epoch <= hist_last_epoch(&r->hist))
+        if (epoch <= newest_epoch_locked(r)) {
             e = ERR_EPOCH_STALE;
-        else
-            e = hist_append_locked(r, &rec);
+        } else if (!(e = hist_append(&r->hist, &rec))) {
+            prune_known_locked(r);
+            e = hist_save(r);
+        }
         pthread_mutex_unlock(&r->hmu);
     }
     if (!e)
@@ -458,7 +502,7 @@ bool
 repl_writer_is(repl *r, uint64_t epoch, const char *name, bool *known)
 {
     pthread_mutex_lock(&r->hmu);
-    const struct hist_rec *h = hist_find(&r->hist, epoch);
+    const struct hist_rec *h = find_any_locked(r, epoch);
     *known = h != NULL;
     bool same = h && strcmp(h->node, name) == 0;
     pthread_mutex_unlock(&r->hmu);
@@ -478,6 +522,15 @@ hist_json(repl *r, buf *b)
         buf_add_json_str(b, h->node, strlen(h->node));
         buf_addf(b, ",\"time_ms\":%llu,\"signed\":%s}", (unsigned long long)h->time_ms,
                  h->sig.len ? "true" : "false");
+    }
+    buf_addc(b, ']');
+    buf_adds(b, ",\"known_promotions\":[");
+    for (size_t i = 0; i < r->known.n; i++) {
+        const struct hist_rec *h = &r->known.rec[i];
+        buf_addf(b, "%s{\"epoch\":%llu,\"start_seq\":%llu,\"node\":", i ? "," : "",
+                 (unsigned long long)h->epoch, (unsigned long long)h->start_seq);
+        buf_add_json_str(b, h->node, strlen(h->node));
+        buf_addc(b, '}');
     }
     buf_addc(b, ']');
     pthread_mutex_unlock(&r->hmu);

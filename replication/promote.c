@@ -233,6 +233,7 @@ repl_promote(repl *r, bool force, buf *out)
         const char *why = "";
         Georeg__Repl__Ack *a = ps[i].ack_env->ack;
         repl_learn(r, a->history, a->n_history, ps[i].rp->name, &why);
+        repl_learn(r, a->known, a->n_known, ps[i].rp->name, &why);
     }
     uint64_t mine = store_applied_seq(r->store);
     uint64_t head = store_log_head(r->store);
@@ -282,6 +283,12 @@ repl_promote(repl *r, bool force, buf *out)
         goto report;
 
     uint64_t epoch = max_epoch + 1;
+    if (store_role_align(r->store)) {
+        add_reason(&reasons, "cannot align the log with the applied seq");
+        res = ERR_IO;
+        goto report;
+    }
+    mine = store_log_head(r->store);
     uint64_t start = mine + 1;
     err e = repl_history_add_own(r, epoch, start);
     if (e) {

@@ -50,6 +50,8 @@ struct recv {
     uint32_t auth_pipe;
     char auth_name[64];
     uint64_t auth_epoch;
+    struct history pending; /* the followed primary's history, not yet ours */
+    bool have_pending;
 };
 
 static void
@@ -300,7 +302,8 @@ reply(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
     repl *r = rc->r;
     ack->acked_msg_id = msg_id;
     /* where this node's log is: what it applied, or, as a primary, what it wrote */
-    ack->applied_seq = r->primary ? store_log_head(r->store) : store_applied_seq(r->store);
+    uint64_t head = store_log_head(r->store), applied = store_applied_seq(r->store);
+    ack->applied_seq = r->primary || head > applied ? head : applied;
     ack->is_primary = r->primary;
     ack->filtered = r->self_filtered;
     ack->error = rc->error;
@@ -322,38 +325,37 @@ reply(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
 /* reply_history answers with our history of promotions in the ack: a replaced
  * primary learns (verifiably) that it was, a primary finds the fork point. */
 static void
-reply_history_of(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id, struct history *h)
-{
-    struct hist_pb pb = {0};
-    if (!hist_pb_new(h, &pb)) {
-        ack->n_history = pb.n;
-        ack->history = pb.ptrs;
-    }
-    reply(rc, ack, msg_id);
-    ack->n_history = 0;
-    ack->history = NULL;
-    hist_pb_free(&pb);
-}
-
-static void
 reply_history(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
 {
     repl *r = rc->r;
     struct history h;
     struct hist_pb pb = {0};
     hist_init(&h);
+    struct history k;
+    struct hist_pb kb = {0};
+    hist_init(&k);
     pthread_mutex_lock(&r->hmu);
     err e = hist_copy(&h, &r->hist);
+    if (!e)
+        e = hist_copy(&k, &r->known);
     pthread_mutex_unlock(&r->hmu);
     if (!e && !hist_pb_new(&h, &pb)) {
         ack->n_history = pb.n;
         ack->history = pb.ptrs;
     }
+    if (!e && !hist_pb_new(&k, &kb)) {
+        ack->n_known = kb.n;
+        ack->known = kb.ptrs;
+    }
     reply(rc, ack, msg_id);
     ack->n_history = 0;
     ack->history = NULL;
+    ack->n_known = 0;
+    ack->known = NULL;
     hist_pb_free(&pb);
+    hist_pb_free(&kb);
     hist_release(&h);
+    hist_release(&k);
 }
 
 static struct peer *
@@ -520,35 +522,23 @@ authenticate(struct recv *rc, const envelope *env)
         reply(rc, &ack, env->msg_id);
         return;
     }
-    /* the answer carries our history as it describes our log (before we take the
-     * primary's): the primary finds the fork point from it */
-    struct history *mine = malloc(sizeof *mine);
-    if (!mine) {
-        snprintf(rc->error, sizeof rc->error, "out of memory");
-        reply(rc, &ack, env->msg_id);
-        return;
-    }
-    hist_init(mine);
     if (repl_learn(r, pp->history, pp->n_history, env->sender, &why) < 0) {
         snprintf(rc->error, sizeof rc->error, "refused: %s", why);
     } else {
-        pthread_mutex_lock(&r->hmu);
-        err e = hist_copy(mine, &r->hist);
-        pthread_mutex_unlock(&r->hmu);
-        if (!e)
-            accept_peer(rc, env, pp->probe, &ack);
-        if (!e && ack.followed && repl_take_history(r, pp->history, pp->n_history, env->sender))
-            e = ERR_PROTOCOL;
-        if (e) {
-            snprintf(rc->error, sizeof rc->error, "refused: cannot take the primary's history");
-            ack.followed = false;
-            rc->auth_pipe = 0;
-            atomic_store(&r->rpipe_id, 0);
+        accept_peer(rc, env, pp->probe, &ack);
+        if (ack.followed) {
+            /* its history becomes ours once it has shown that our log agrees with it
+             * (its first batch: it found the fork point behind what we hold) or has
+             * rebuilt it (the end of a resync); until then, we answer with ours */
+            rc->pending.n = 0;
+            rc->pending.base_epoch = 1;
+            for (size_t i = 0; i < pp->n_history && i < REPL_MAX_HISTORY; i++)
+                if (hist_rec_from_pb(pp->history[i], &rc->pending.rec[rc->pending.n]) == ERR_OK)
+                    rc->pending.n++;
+            rc->have_pending = true;
         }
     }
-    reply_history_of(rc, &ack, env->msg_id, mine);
-    hist_release(mine);
-    free(mine);
+    reply_history(rc, &ack, env->msg_id);
 }
 
 static void
@@ -643,6 +633,13 @@ handle(struct recv *rc, envelope *env)
         break;
     case GEOREG__REPL__ENVELOPE__BODY_BATCH: {
         Georeg__Repl__EventBatch *b = env->batch;
+        if (rc->have_pending && !resyncing && b->n_events && b->events[0]->seq) {
+            if (repl_take_history(r, &rc->pending, env->sender)) {
+                snprintf(rc->error, sizeof rc->error, "cannot take the primary's history");
+                break;
+            }
+            rc->have_pending = false;
+        }
         for (size_t i = 0; i < b->n_events; i++)
             if (!apply_one(rc, b->events[i], resyncing))
                 break;
@@ -713,6 +710,8 @@ handle(struct recv *rc, envelope *env)
         pthread_mutex_unlock(&r->smu);
         log_info("REPL-RESYNC-END", "snapshot_seq=%llu",
                  (unsigned long long)env->resync_end->snapshot_seq);
+        if (rc->have_pending && !repl_take_history(r, &rc->pending, env->sender))
+            rc->have_pending = false;
         divergence_end(r);
         break;
     default:
@@ -757,6 +756,7 @@ receiver_main(void *arg)
 {
     repl *r = arg;
     struct recv rc = {.r = r};
+    hist_init(&rc.pending);
     rc.url_configured = r->learned_primary_url[0] != '\0';
     uint32_t last_pipe = 0;
     pthread_mutex_lock(&r->smu);
@@ -811,5 +811,6 @@ receiver_main(void *arg)
         rc.payload = (slice){NULL, 0};
     }
     ingest_drop(&rc);
+    hist_release(&rc.pending);
     return NULL;
 }

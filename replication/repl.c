@@ -198,6 +198,7 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     pthread_mutex_init(&r->hmu, NULL);
     pthread_mutex_init(&r->promote_mu, NULL);
     hist_init(&r->hist);
+    hist_init(&r->known);
 
     const struct repl_region *self = NULL;
     if (o->nregions) {
@@ -261,6 +262,8 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     pthread_mutex_lock(&r->hmu);
     e = hist_load(r);
     uint64_t hlast = hist_last_epoch(&r->hist);
+    if (r->known.n && hist_last_epoch(&r->known) > hlast)
+        hlast = hist_last_epoch(&r->known);
     pthread_mutex_unlock(&r->hmu);
     if (e)
         goto fail;
@@ -617,6 +620,7 @@ repl_free(repl *r)
     free(r->replicas);
     free(r->primaries);
     hist_release(&r->hist);
+    hist_release(&r->known);
     pthread_mutex_destroy(&r->hmu);
     pthread_mutex_destroy(&r->promote_mu);
     pthread_mutex_destroy(&r->wake_mu);
@@ -721,6 +725,8 @@ repl_demote(repl *r, const char *why)
         }
         return;
     }
+    if (store_role_align(r->store))
+        log_warn("REPL-ROLE-ALIGN", "error=\"cannot align the applied seq with the log\"");
     atomic_store(&r->primary, false);
     atomic_store(&r->confirming, false);
     atomic_fetch_add(&r->demotions, 1);

@@ -142,7 +142,8 @@ struct repl {
     _Atomic int resyncs_active; /* shippers inside a resync: the log is not trimmed */
     uint64_t started_ms;
     uint64_t max_staleness_ms; /* a secondary staler than this is not ready (0: never) */
-    pthread_mutex_t hmu;    /* guards hist */
+    pthread_mutex_t hmu;    /* guards hist and known */
+    struct history known;   /* verified promotions newer than hist (history.c) */
     pthread_mutex_t promote_mu; /* one promotion at a time */
     struct history hist;
     char node_name[64];
@@ -247,6 +248,7 @@ void wire_epoch_adopt(repl *r, uint64_t epoch, const char *sender);
 /* history.c: the node's own history (r->hist, under r->hmu) */
 err hist_load(repl *r);
 err hist_save(repl *r);
+/* hist_json writes our log's history (a JSON array), then ,"known_promotions":[...] */
 void hist_json(repl *r, buf *b);
 bool repl_may_be_primary(repl *r, const char *name);
 /* repl_learn verifies promotion records from a peer and appends those newer than
@@ -256,7 +258,7 @@ int repl_learn(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const ch
                const char **why);
 /* repl_take_history makes recs (the followed primary's history, each record ours or
  * verified) this node's history. */
-err repl_take_history(repl *r, Georeg__Repl__Promotion *const *recs, size_t n, const char *from);
+err repl_take_history(repl *r, const struct history *t, const char *from);
 /* repl_history_add_own signs and appends this node's promotion to epoch. */
 err repl_history_add_own(repl *r, uint64_t epoch, uint64_t start_seq);
 /* repl_writer_is: name wrote epoch (by our history); *known: we have its record. */

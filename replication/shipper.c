@@ -50,6 +50,7 @@ struct ship {
     bool resync;
     bool diverged;      /* the next resync is for a replica on another branch */
     bool trust_acks;    /* the fork point is known: applied seqs in acks are ours */
+    uint64_t proof_msg_id; /* our latest PeerProof */
     uint64_t fork_seq;
     uint64_t snapshot_seq;
     err fail;
@@ -196,8 +197,13 @@ on_history(struct ship *sh, const envelope *env)
     rp->their_epoch = env->epoch;
     pthread_mutex_unlock(&rp->mu);
     const char *why = "";
-    if (env->epoch > atomic_load(&r->epoch) &&
-        repl_learn(r, a->history, a->n_history, rp->name, &why) > 0) {
+    int learned = 0;
+    if (env->epoch > atomic_load(&r->epoch)) {
+        learned = repl_learn(r, a->history, a->n_history, rp->name, &why);
+        if (learned >= 0 && repl_learn(r, a->known, a->n_known, rp->name, &why) > 0)
+            learned = 1;
+    }
+    if (learned > 0) {
         bool known = false;
         if (!repl_writer_is(r, atomic_load(&r->epoch), r->node_name, &known)) {
             char d[160];
@@ -213,8 +219,8 @@ on_ack(struct ship *sh, const envelope *env)
 {
     struct replica *rp = sh->rp;
     Georeg__Repl__Ack *a = env->ack;
-    if (a->n_history)
-        on_history(sh, env);
+    if (a->n_history || (sh->proof_msg_id && a->acked_msg_id == sh->proof_msg_id))
+        on_history(sh, env); /* the answer to our proof carries its history, maybe empty */
     if (a->followed && env->epoch == atomic_load(&sh->r->epoch)) {
         atomic_store(&rp->confirmed_epoch, env->epoch);
         repl_check_confirmed(sh->r);
@@ -660,6 +666,7 @@ prove(struct ship *sh)
     pe.body_case = GEOREG__REPL__ENVELOPE__BODY_PEER_PROOF;
     pe.peer_proof = &pp;
     rp->have_their_hist = false;
+    sh->proof_msg_id = rp->next_msg_id + 1; /* the id send_env gives it */
     e = send_env(sh, &pe) ? ERR_UNAVAILABLE : ERR_OK;
     want = rp->next_msg_id;
     while (!e) {

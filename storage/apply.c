@@ -177,6 +177,31 @@ store_resync_begin(store *s)
 }
 
 err
+store_role_align(store *s)
+{
+    rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
+    err e = ERR_OK;
+    pthread_mutex_lock(&s->commit_mu);
+    if (!s->applied)
+        load_applied_locked(s);
+    uint64_t top = s->head > s->applied ? s->head : s->applied;
+    if (top != s->head || top != s->applied) {
+        char h[8];
+        put_u64le(h, top);
+        batch_put(s, wb, CF_DEFAULT, "m/log_head", 10, h, 8);
+        put_applied(s, wb, top);
+        e = commit_locked(s, wb, NULL);
+        if (!e) {
+            s->head = top;
+            s->applied = top;
+        }
+    }
+    pthread_mutex_unlock(&s->commit_mu);
+    rocksdb_writebatch_destroy(wb);
+    return e;
+}
+
+err
 store_resync_end(store *s, uint64_t snapshot_seq)
 {
     rocksdb_writebatch_t *wb = rocksdb_writebatch_create();

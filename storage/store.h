@@ -302,6 +302,11 @@ struct store_apply_extra {
  * reference is missing; BLOB_LINK with ERR_BLOB_UNKNOWN while the bytes are. Deletes
  * of something already gone succeed. */
 err store_apply(store *s, const struct store_event *ev, const struct store_apply_extra *x);
+/* store_role_align makes the log head and the applied sequence both the higher of
+ * the two, when a node changes role: a primary that becomes a secondary has
+ * "applied" everything it wrote itself; a secondary that becomes primary writes
+ * after everything it applied (filtered events advance the applied seq only). */
+err store_role_align(store *s);
 /* store_applied_seq: the highest primary sequence this node has applied. */
 uint64_t store_applied_seq(store *s);
 /* store_resync_begin drops every link, tag, referrer and catalog entry and all

@@ -79,9 +79,11 @@ class RegionNode(Node):
     """A georeg node started with --config: node, http and replication sections.
     `repl` is the replication section (a dict, written as YAML at each start)."""
 
-    def __init__(self, workdir, name, repl, port=None, env=None, http_extra=None):
+    def __init__(self, workdir, name, repl, port=None, env=None, http_extra=None,
+                 cluster=None):
         super().__init__(workdir, name=name, port=port, env=env, target="georeg")
         self.repl = repl
+        self.cluster = cluster  # a cluster section (cluster.regions), or None
         self.http_extra = dict(http_extra or {})
         self.config_path = os.path.join(workdir, "georeg.yml")
 
@@ -96,6 +98,8 @@ class RegionNode(Node):
             "replication": self.repl,
             "auth": {"mode": "none"},
         }
+        if self.cluster:
+            cfg["cluster"] = self.cluster
         with open(self.config_path, "w") as f:
             f.write("# written by tests/integration/cluster.py\n" + to_yaml(cfg))
         return [itlib.GEOREG_BIN, "serve", "--config", self.config_path]
@@ -333,6 +337,62 @@ class Cluster:
             node.port = free_port()
             node.http_extra["public_url"] = node.url
         return self.add(n, start, repick=pick)
+
+    def regions(self, names, initial, filters=None, eligible=None, start=True, **repl):
+        """A cluster description over mutual TLS: every node gets the same regions
+        (name, url, address, filter), except that each one dials every other
+        through a fault proxy of its own (self.links[(dialer, listener)]), so that
+        a test can cut any one direction of any one pair. Secondaries start first;
+        returns {name: RegionNode}."""
+        filters = filters or {}
+        eligible = eligible or {}
+        ports = {n: (free_port(), free_port()) for n in names}  # http, replication
+        tls = {n: self.tls(n) for n in names}
+        self.links = getattr(self, "links", {})
+        for a in names:
+            for b in names:
+                if a != b:
+                    fp = FaultProxy(target_port=ports[b][1], log_path=os.path.join(
+                        self.base, "faultproxy-%s-%s.log" % (a, b)))
+                    fp.start()
+                    self.proxies.append(fp)
+                    itlib.LIVE.add(_LiveProxy(fp))
+                    self.links[(a, b)] = fp
+        out = {}
+        for a in names:
+            regions = []
+            for b in names:
+                port = ports[b][1] if a == b else self.links[(a, b)].port
+                g = {"name": b, "url": "http://127.0.0.1:%d" % ports[b][0],
+                     "address": "tls+tcp://127.0.0.1:%d" % port}
+                g.update(filters.get(b, {}))
+                if b in eligible:
+                    g["primary_eligible"] = eligible[b]
+                regions.append(g)
+            cfg = {"heartbeat": HEARTBEAT, "tls": tls[a]}
+            cfg.update(repl)
+            n = RegionNode(self._workdir(a), a, cfg, port=ports[a][0],
+                           cluster={"initial_primary": initial, "regions": regions})
+            n.repl_port = ports[a][1]
+            n.tls_mode = True
+            out[a] = n
+            self.nodes.append(n)
+        if start:
+            for a in [x for x in names if x != initial] + [initial]:
+                out[a].start()
+        self.primary = out[initial]
+        return out
+
+    def isolate(self, name, how="blackhole"):
+        """Cuts (or black-holes) every link from and to region name."""
+        for (a, b), fp in self.links.items():
+            if name in (a, b):
+                getattr(fp, how)()
+
+    def heal(self, name=None):
+        for (a, b), fp in self.links.items():
+            if name is None or name in (a, b):
+                fp.restore()
 
     def node(self, name):
         for n in self.nodes:

@@ -32,7 +32,7 @@ TOOLS_DIR = os.path.join(REPO_ROOT, "build", "tools")
 
 # Waits are bounded everywhere; the ASan build starts and runs slower.
 START_TIMEOUT = 60.0 if ASAN else 30.0
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = float(os.environ.get("GEOREG_STOP_TIMEOUT", "15"))
 HTTP_TIMEOUT = float(os.environ.get("GEOREG_TEST_HTTP_TIMEOUT", "40" if ASAN else "20"))
 TOOL_TIMEOUT = float(os.environ.get("GEOREG_TEST_TOOL_TIMEOUT", "120" if ASAN else "60"))
 
