@@ -279,6 +279,8 @@ repl_new(store *s, const struct repl_options *o, repl **out)
             log_warn("REPL-INSECURE", "listen=%s msg=\"replication accepted over plain tcp\"",
                      r->listen);
     }
+    if ((e = sync_init(r, &o->sync)))
+        goto fail;
     *out = r;
     return ERR_OK;
 fail:
@@ -499,6 +501,7 @@ repl_free(repl *r)
         free(rp->known);
         pthread_mutex_destroy(&rp->mu);
     }
+    sync_release(r);
     free(r->replicas);
     free(r->primaries);
     pthread_mutex_destroy(&r->wake_mu);
@@ -633,7 +636,7 @@ replica_view(struct replica *rp, struct replica_view *v)
     pthread_mutex_unlock(&rp->mu);
 }
 
-static void
+void
 json_time(buf *b, const char *key, uint64_t ms)
 {
     if (!ms) {
@@ -667,6 +670,7 @@ repl_status_json(repl *r, buf *b)
                  (unsigned long long)atomic_load(&r->refused[i]));
     buf_addf(b, "},\"fenced\":%s", r->primary && atomic_load(&r->demoted) ? "true" : "false");
     json_time(b, "now", now);
+    sync_json(r, b);
     if (r->primary) {
         buf_addf(b, ",\"head_seq\":%llu,\"log_first_seq\":%llu,\"replicas\":[",
                  (unsigned long long)head, (unsigned long long)store_log_first(r->store));
@@ -773,6 +777,7 @@ repl_metrics(repl *r, buf *b)
     buf_addf(b, "# HELP georeg_repl_fenced 1 while this primary is fenced\n"
                 "# TYPE georeg_repl_fenced gauge\ngeoreg_repl_fenced %d\n",
              r->primary && atomic_load(&r->demoted) ? 1 : 0);
+    sync_metrics(r, b);
     if (!r->primary) {
         uint64_t applied = store_applied_seq(r->store);
         pthread_mutex_lock(&r->smu);
