@@ -278,21 +278,14 @@ repl_sync_arm(repl *r, repl_sync_waiter *w, uint64_t seq, repl_sync_wake_cb wake
 }
 
 /* degrade: w waited past its deadline. Every other waiter is answered now too: while
- * degraded nothing waits. Under mu. */
+ * degraded nothing waits. Under mu; the caller logs (log_degraded) after unlocking. */
 static void
-degrade(repl *r, struct repl_sync_waiter *w, uint64_t now)
+degrade(repl *r, uint64_t now)
 {
     struct sync_state *s = &r->sync;
-    char req[512];
     atomic_store(&s->mode, SYNC_DEGRADED);
     s->degraded_since_ms = now;
     s->timeouts++;
-    required_text(s, req, sizeof req);
-    log_warn("REPL-SYNC-DEGRADED",
-             "seq=%llu waited_ms=%llu timeout_ms=%llu required=%s replicated=%u "
-             "msg=\"writes are acknowledged without waiting for replicas until they catch up\"",
-             (unsigned long long)w->seq, (unsigned long long)(now - w->start_ms),
-             (unsigned long long)s->timeout_ms, req, repl_sync_replicated(r, w->seq));
     while (s->armed) {
         struct repl_sync_waiter *o = s->armed;
         list_del(s, o);
@@ -301,11 +294,24 @@ degrade(repl *r, struct repl_sync_waiter *w, uint64_t now)
     }
 }
 
+static void
+log_degraded(repl *r, const struct repl_sync_waiter *w, uint64_t now)
+{
+    char req[512];
+    required_text(&r->sync, req, sizeof req); /* fixed after sync_init */
+    log_warn("REPL-SYNC-DEGRADED",
+             "seq=%llu waited_ms=%llu timeout_ms=%llu required=%s replicated=%u "
+             "msg=\"writes are acknowledged without waiting for replicas until they catch up\"",
+             (unsigned long long)w->seq, (unsigned long long)(now - w->start_ms),
+             (unsigned long long)r->sync.timeout_ms, req, repl_sync_replicated(r, w->seq));
+}
+
 enum repl_sync_state
 repl_sync_poll(repl *r, repl_sync_waiter *w, uint64_t *wait_ms, unsigned *replicated)
 {
     struct sync_state *s = &r->sync;
     enum repl_sync_state st;
+    bool degraded = false;
     uint64_t now = repl_now_ms();
     pthread_mutex_lock(&s->mu);
     if (w->done) {
@@ -317,7 +323,8 @@ repl_sync_poll(repl *r, repl_sync_waiter *w, uint64_t *wait_ms, unsigned *replic
         st = REPL_SYNC_DONE;
     } else if (now >= w->deadline_ms) {
         list_del(s, w);
-        degrade(r, w, now);
+        degrade(r, now);
+        degraded = true;
         st = REPL_SYNC_ASYNC;
     } else {
         list_add(s, w); /* armed while degraded, and sync came back since */
@@ -328,6 +335,8 @@ repl_sync_poll(repl *r, repl_sync_waiter *w, uint64_t *wait_ms, unsigned *replic
     if (st != REPL_SYNC_PENDING)
         list_del(s, w);
     pthread_mutex_unlock(&s->mu);
+    if (degraded)
+        log_degraded(r, w, now);
     if (replicated)
         *replicated = repl_sync_replicated(r, w->seq);
     return st;
@@ -358,18 +367,16 @@ sync_on_ack(repl *r)
     /* the head is read before taking mu: store_log_head waits for a commit in progress,
      * and the HTTP loop takes mu to poll */
     uint64_t head = m == SYNC_DEGRADED ? store_log_head(r->store) : 0;
+    uint64_t degraded_ms = 0;
+    bool restored = false;
     pthread_mutex_lock(&s->mu);
     uint64_t p = sync_point(r);
     if (atomic_load(&s->mode) == SYNC_DEGRADED) {
         if (m == SYNC_DEGRADED && p >= head) {
-            uint64_t now = repl_now_ms();
-            char req[512];
-            required_text(s, req, sizeof req);
             atomic_store(&s->mode, SYNC_ON);
             s->restores++;
-            log_info("REPL-SYNC-RESTORED", "required=%s acked=%llu head=%llu degraded_ms=%llu",
-                     req, (unsigned long long)p, (unsigned long long)head,
-                     (unsigned long long)(now - s->degraded_since_ms));
+            restored = true;
+            degraded_ms = repl_now_ms() - s->degraded_since_ms;
             s->degraded_since_ms = 0;
         }
     } else {
@@ -385,6 +392,13 @@ sync_on_ack(repl *r)
         }
     }
     pthread_mutex_unlock(&s->mu);
+    if (restored) {
+        char req[512];
+        required_text(s, req, sizeof req);
+        log_info("REPL-SYNC-RESTORED", "required=%s acked=%llu head=%llu degraded_ms=%llu", req,
+                 (unsigned long long)p, (unsigned long long)head,
+                 (unsigned long long)degraded_ms);
+    }
 }
 
 void
