@@ -455,7 +455,10 @@ def test_waiter_cap_refuses_before_storing(make_cluster):
             so.close()
     wait_until(lambda: sync_status(p)["waiting"] == 0, 20 * SLOW, what="waiters freed")
     fp.restore()
-    wait_mode(p, "sync")
+    # settled before teardown: a SIGTERM right after a restore once left nng_close
+    # hanging in repl_stop (nng 1.5.2, seen once under ASan and load)
+    C.wait_in_sync(p, ["s"], timeout=60, cluster=cl)
+    assert sync_status(p)["mode"] == "sync"
 
 
 def test_sigterm_while_a_write_waits_exits_cleanly(make_cluster):
@@ -489,3 +492,5 @@ def test_sigterm_while_a_write_waits_exits_cleanly(make_cluster):
     p.start()
     assert holds(p, repo, "t", itlib.sha256(m))
     fp.restore()
+    C.wait_in_sync(p, ["s"], timeout=60, cluster=cl)
+    assert holds(s, repo, "t", itlib.sha256(m))
