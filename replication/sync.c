@@ -184,11 +184,14 @@ sync_release(repl *r)
     s->inited = false;
 }
 
+/* acked_of: what a replica counts for. One being rebuilt from a snapshot counts for
+ * nothing: its content is partial, and the applied seq it reported at the handshake
+ * (that made the shipper resync it, e.g. ahead of this primary) is not ours. */
 static uint64_t
 acked_of(struct replica *rp)
 {
     pthread_mutex_lock(&rp->mu);
-    uint64_t a = rp->acked_seq;
+    uint64_t a = rp->state == RS_RESYNCING ? 0 : rp->acked_seq;
     pthread_mutex_unlock(&rp->mu);
     return a;
 }
