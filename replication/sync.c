@@ -373,6 +373,10 @@ sync_on_ack(repl *r)
     uint64_t degraded_ms = 0;
     bool restored = false;
     pthread_mutex_lock(&s->mu);
+    if (atomic_load(&s->mode) == SYNC_ON && !s->armed) {
+        pthread_mutex_unlock(&s->mu); /* nothing waits */
+        return;
+    }
     uint64_t p = sync_point(r);
     if (atomic_load(&s->mode) == SYNC_DEGRADED) {
         if (m == SYNC_DEGRADED && p >= head) {
