@@ -240,6 +240,9 @@ static const struct key keys[] = {
     {"replication.epoch", K_INT, F(repl_min_epoch)},
     {"replication.max_staleness", K_DUR, F(repl_max_staleness_ms)},
     {"cluster.initial_primary", K_STR, F(initial_primary)},
+    {"replication.sync.replicas", K_LIST, F(sync_names)}, /* a count, or names: see cfg_load */
+    {"replication.sync.timeout", K_DUR, F(sync_timeout_ms)},
+    {"replication.sync.max_waiters", K_INT, F(sync_max_waiters)},
     {"auth.mode", K_AUTH, F(auth_mode)},
     {"auth.allow_none_off_loopback", K_BOOL, F(allow_none_off_loopback)},
     {"auth.service", K_STR, F(auth_service)},
@@ -536,6 +539,7 @@ cfg_defaults(struct cfg *c)
     c->repl_log_retention = 1000000;
     c->repl_heartbeat_ms = 1000;
     c->repl_max_staleness_ms = 30000;
+    c->sync_timeout_ms = 2000;
     c->admin_enabled = true;
     c->http_enabled = true;
     c->token_ttl_ms = 300000;
@@ -558,8 +562,39 @@ cfg_release(struct cfg *c)
     }
     list_clear(&c->anonymous_pull);
     list_clear(&c->repl_primaries);
+    list_clear(&c->sync_names);
     list_clear(&c->http_allow);
     list_clear(&c->private_allow);
+}
+
+/* sync_replicas reads replication.sync.replicas: one whole number is a count
+ * (replicas: 2), anything else names replicas (replicas: [us-east, ap-south]). Whether
+ * the count or the names fit the configured replicas is replication's to check. */
+static err
+sync_replicas(struct cfg *c, char *why, size_t why_len)
+{
+    struct cfg_globs *g = &c->sync_names;
+    c->sync_replicas = 0;
+    if (g->n != 1)
+        return ERR_OK;
+    const char *v = g->items[0];
+    if (*v == '-' || *v == '+') {
+        snprintf(why, why_len,
+                 "invalid value for replication.sync.replicas: \"%.80s\" (a count of 0 or "
+                 "more, or a list of replica names)",
+                 v);
+        return ERR_CONFIG;
+    }
+    uint64_t u;
+    if (!isdigit((unsigned char)*v))
+        return ERR_OK; /* a name */
+    if (!slice_parse_u64(slice_of_cstr(v), &u) || u > 0xffff) {
+        snprintf(why, why_len, "invalid value for replication.sync.replicas: \"%.80s\"", v);
+        return ERR_CONFIG;
+    }
+    c->sync_replicas = (unsigned)u;
+    list_clear(g);
+    return ERR_OK;
 }
 
 err
@@ -647,6 +682,8 @@ cfg_load(struct cfg *c, const char *path, char *why, size_t why_len)
             goto out;
         }
     }
+    if ((e = sync_replicas(c, why, why_len)))
+        goto out;
     if (!c->http_enabled && !c->private_listen[0]) {
         snprintf(why, why_len, "http.enabled is false but no http.private.listen is set");
         e = ERR_CONFIG;

@@ -90,6 +90,11 @@ struct cfg {
     struct cfg_replica regions[CFG_MAX_REPLICAS];
     size_t nregions;
     char initial_primary[64];
+    /* replication.sync: {replicas: N | [names], timeout, max_waiters} */
+    unsigned sync_replicas;       /* acks needed (replicas: N); 0 with no names: off */
+    struct cfg_globs sync_names;  /* replicas: [names]: every one must ack */
+    uint64_t sync_timeout_ms;     /* validated by replication (more than 0, at most 60 s) */
+    unsigned sync_max_waiters;    /* writes waiting at once; 0: the default (4096) */
 
     /* auth */
     int auth_mode; /* enum auth_mode; -1 until stated (auth.mode is required) */

@@ -110,6 +110,11 @@ open_repl(struct node *n)
         .meta_validate = meta_validate,
         .on_refused = on_repl_refused,
         .cb_arg = n,
+        .sync = {.replicas = c->sync_replicas,
+                 .names = (const char *const *)c->sync_names.items,
+                 .nnames = c->sync_names.n,
+                 .timeout_ms = c->sync_timeout_ms,
+                 .max_waiters = c->sync_max_waiters},
     };
     return repl_new(n->store, &o, &n->repl);
 }

@@ -385,6 +385,8 @@ repl_new(store *s, const struct repl_options *o, repl **out)
             log_warn("REPL-INSECURE", "listen=%s msg=\"replication accepted over plain tcp\"",
                      r->listen);
     }
+    if ((e = sync_init(r, &o->sync)))
+        goto fail;
     *out = r;
     return ERR_OK;
 fail:
@@ -617,6 +619,7 @@ repl_free(repl *r)
         hist_release(&rp->their_hist);
         pthread_mutex_destroy(&rp->mu);
     }
+    sync_release(r);
     free(r->replicas);
     free(r->primaries);
     hist_release(&r->hist);
@@ -874,7 +877,7 @@ replica_view(struct replica *rp, struct replica_view *v)
     pthread_mutex_unlock(&rp->mu);
 }
 
-static void
+void
 json_time(buf *b, const char *key, uint64_t ms)
 {
     if (!ms) {
@@ -924,6 +927,7 @@ repl_status_json(repl *r, buf *b)
     buf_addf(b, ",\"ready\":%s,\"not_ready_reason\":", ready ? "true" : "false");
     buf_add_json_str(b, nr, strlen(nr));
     json_time(b, "now", now);
+    sync_json(r, b);
     if (r->primary) {
         buf_addf(b, ",\"head_seq\":%llu,\"log_first_seq\":%llu,\"replicas\":[",
                  (unsigned long long)head, (unsigned long long)store_log_first(r->store));
@@ -1066,6 +1070,7 @@ repl_metrics(repl *r, buf *b)
                 "# TYPE georeg_repl_history_conflicts_total counter\n"
                 "georeg_repl_history_conflicts_total %llu\n",
              (unsigned long long)atomic_load(&r->history_conflicts));
+    sync_metrics(r, b);
     if (!r->primary) {
         uint64_t applied = store_applied_seq(r->store);
         pthread_mutex_lock(&r->smu);

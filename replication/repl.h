@@ -74,6 +74,20 @@ struct repl_region {
     bool eligible;       /* may become primary (never for a filtered region) */
 };
 
+/* Synchronous commits (sync.c): on a primary, a write is answered once the required
+ * replicas acknowledged an applied sequence at or past it, or the timeout passed (then
+ * the primary degrades to asynchronous until they catch up). */
+struct repl_sync_options {
+    unsigned replicas;        /* acks needed from that many replicas (any of them) */
+    const char *const *names; /* or: every one of these replicas must ack (copied) */
+    size_t nnames;            /* replicas 0 and no names: sync commits are off */
+    uint64_t timeout_ms;      /* longest wait before degrading: more than 0, at most 60 s */
+    unsigned max_waiters;     /* writes waiting at once; 0: REPL_SYNC_MAX_WAITERS */
+};
+
+#define REPL_SYNC_MAX_WAITERS 4096
+#define REPL_SYNC_MAX_TIMEOUT_MS 60000
+
 struct repl_options {
     const char *node_name;
     /* A cluster description (nregions > 0): this node is the region named node_name,
@@ -104,6 +118,7 @@ struct repl_options {
     repl_meta_validate_cb meta_validate; /* NULL: every metadata event is refused */
     repl_refused_cb on_refused;          /* may be NULL */
     void *cb_arg;
+    struct repl_sync_options sync;       /* primary: synchronous commits (ignored elsewhere) */
 };
 
 /* repl_new validates options (addresses, TLS files, filters) against store s
@@ -173,5 +188,39 @@ struct repl_locate {
  * the count. Returns true when every named region holds it. */
 bool repl_locate(repl *r, const char *repo, const char *ref, uint64_t seq, const char *regions,
                  struct repl_locate *out, size_t max, size_t *n);
+
+/* ---- synchronous commits (sync.c) ---- */
+
+typedef struct repl_sync_waiter repl_sync_waiter;
+/* repl_sync_wake_cb: the waiter's state may have changed; called on a replication
+ * thread (or the caller's), under the sync lock: it must not block nor call repl_sync_*. */
+typedef void (*repl_sync_wake_cb)(void *arg);
+
+enum repl_sync_state {
+    REPL_SYNC_PENDING = 0, /* keep waiting: poll again when woken, or after *wait_ms */
+    REPL_SYNC_DONE,        /* the required replicas acknowledged the write */
+    REPL_SYNC_ASYNC,       /* answer without them: sync is off or degraded, or it timed out */
+};
+
+/* repl_sync_waiter_new reserves a waiter before a write commits, so that a write is
+ * refused before, never after, it is stored. *out is new (free with
+ * repl_sync_waiter_free), or NULL when writes do not wait (sync off, or not a
+ * primary). ERR_TOOMANYREQUESTS when max_waiters writes wait already (counted). */
+err repl_sync_waiter_new(repl *r, repl_sync_waiter **out);
+/* repl_sync_arm starts the wait of w (borrowed) for the write that committed log
+ * sequence seq; wake(arg) is called whenever repl_sync_poll may answer differently.
+ * The wait's clock starts now. */
+void repl_sync_arm(repl *r, repl_sync_waiter *w, uint64_t seq, repl_sync_wake_cb wake,
+                   void *arg);
+/* repl_sync_poll says where the armed w stands; *wait_ms (may be NULL) gets the time
+ * left when PENDING, *replicated (may be NULL) how many replicas acknowledged its seq.
+ * The first poll past the deadline degrades the primary (REPL-SYNC-DEGRADED). */
+enum repl_sync_state repl_sync_poll(repl *r, repl_sync_waiter *w, uint64_t *wait_ms,
+                                    unsigned *replicated);
+/* repl_sync_waiter_free unregisters and frees w (NULL is fine); once it returns no
+ * wake callback for it runs any more. */
+void repl_sync_waiter_free(repl *r, repl_sync_waiter *w);
+/* repl_sync_replicated: how many replicas acknowledged sequence seq (0 off a primary). */
+unsigned repl_sync_replicated(repl *r, uint64_t seq);
 
 #endif

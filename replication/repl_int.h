@@ -128,6 +128,32 @@ struct replica {
     size_t known_next;
 };
 
+/* Synchronous commits: the primary's mode (issue 9 section 5). */
+enum sync_mode {
+    SYNC_OFF = 0,  /* not configured, or this node is not a primary: writes never wait */
+    SYNC_ON,       /* writes wait for the required acks, at most timeout_ms */
+    SYNC_DEGRADED, /* a wait timed out: writes are answered at once until the required
+                      replicas have acknowledged the head, then SYNC_ON again */
+};
+
+#define SYNC_MAX_REPLICAS 64
+
+/* sync.c's state, under mu (taken before a replica's mu, never under it). */
+struct sync_state {
+    bool inited;
+    pthread_mutex_t mu;
+    unsigned need;             /* count mode: acks needed; 0 in names mode */
+    char (*names)[64];         /* names mode: the replicas that must ack */
+    size_t nnames;
+    size_t *idx;               /* names mode, primary: their index in r->replicas */
+    uint64_t timeout_ms;
+    unsigned max_waiters, nwaiters; /* reserved waiters (armed or not) */
+    _Atomic enum sync_mode mode; /* written under mu; read without it for a peek */
+    uint64_t degraded_since_ms;
+    uint64_t timeouts, refused, restores;
+    struct repl_sync_waiter *armed; /* pending armed waiters, a list */
+};
+
 struct repl {
     store *store;
     _Atomic bool primary;   /* the role: state, persisted (repl/role) in a cluster */
@@ -197,6 +223,8 @@ struct repl {
     char apply_error[256];
     _Atomic uint32_t rpipe_id; /* the pipe of the primary this node follows (0: none) */
     _Atomic uint32_t rpipes;   /* connections to the listener */
+
+    struct sync_state sync; /* synchronous commits (sync.c) */
 };
 
 uint64_t repl_now_ms(void);
@@ -283,6 +311,20 @@ bool filter_tag(const struct filter *f, slice tag);
 
 /* repl.c: (re)create a replica's dialer */
 err repl_start_dialer(repl *r, struct replica *rp);
+
+/* repl.c: ,"key":"ISO time" (or null when ms is 0) */
+void json_time(buf *b, const char *key, uint64_t ms);
+
+/* sync.c */
+/* sync_init validates and copies o (ERR_CONFIG with a REPL-CONFIG line); sync_release
+ * undoes it (also when sync_init never ran). */
+err sync_init(repl *r, const struct repl_sync_options *o);
+void sync_release(repl *r);
+/* sync_on_ack: a replica's acknowledged seq may have moved (shipper thread, no lock held). */
+void sync_on_ack(repl *r);
+/* sync_json appends ,"sync":{...}; sync_metrics the georeg_repl_sync_* lines. */
+void sync_json(repl *r, buf *b);
+void sync_metrics(repl *r, buf *b);
 
 /* shipper.c */
 void *shipper_main(void *arg);

@@ -234,6 +234,7 @@ on_ack(struct ship *sh, const envelope *env)
     if (sh->trust_acks && !sh->resync && a->applied_seq > rp->acked_seq)
         rp->acked_seq = a->applied_seq;
     pthread_mutex_unlock(&rp->mu);
+    sync_on_ack(sh->r); /* synchronous commits waiting for this ack */
     if (a->error && a->error[0]) {
         log_warn("REPL-REPLICA-ERROR", "replica=%s applied=%llu error=\"%s\"", rp->name,
                  (unsigned long long)a->applied_seq, a->error);

@@ -2,6 +2,7 @@
  * references and digests before anything touches storage, and one handler per
  * endpoint. Handlers are steps (see http.h): reads try the loop first with
  * STORE_NOWAIT, writes run on the thread pool. */
+#include <assert.h>
 #include <fcntl.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include "../../common/log.h"
 #include "../../common/manifest.h"
 #include "../../common/ref.h"
+#include "../../replication/repl.h"
 #include "../node.h"
 #include "../../common/banned.h"
 
@@ -73,6 +75,125 @@ static void
 location(struct http_req *r, const char *kind, const char *what)
 {
     http_resp_header(r, "Location", "/v2/%s/%s/%s", route_of(r)->name, kind, what);
+}
+
+/* ---- synchronous commits (replication.sync) ---- */
+
+/* A write that waits for replicas: its answer is built as usual, then held here while
+ * the request is parked on the loop (no pool thread waits); freed with the request,
+ * also when the client leaves (the write stays committed). */
+struct sync_wait {
+    repl_sync_waiter *w;
+    int status; /* the held answer */
+    buf headers;
+};
+
+static void
+sync_wait_free(struct http_req *r)
+{
+    struct sync_wait *sw = r->app_state;
+    if (!sw)
+        return;
+    repl_sync_waiter_free(node_of(r)->repl, sw->w); /* no wake for r after this */
+    buf_release(&sw->headers);
+    free(sw);
+    r->app_state = NULL;
+}
+
+/* sync_reserve runs before a write that commits a replication-log event: a waiter is
+ * reserved first, so that a write beyond the waiter cap is refused (429, Retry-After)
+ * before anything is stored. false when it answered. */
+static bool
+sync_reserve(struct http_req *r)
+{
+    struct node *nd = node_of(r);
+    repl_sync_waiter *w = NULL;
+    err e = repl_sync_waiter_new(nd->repl, &w);
+    if (e) {
+        http_resp_error(r, e,
+                        e == ERR_TOOMANYREQUESTS
+                            ? "too many writes waiting for replicas (replication.sync)"
+                            : NULL,
+                        NULL);
+        if (e == ERR_TOOMANYREQUESTS)
+            http_resp_header(r, "Retry-After", "1");
+        return false;
+    }
+    if (!w)
+        return true; /* sync commits are off: writes never wait */
+    struct sync_wait *sw = calloc(1, sizeof *sw);
+    if (!sw) {
+        repl_sync_waiter_free(nd->repl, w);
+        http_resp_error(r, ERR_NOMEM, NULL, NULL);
+        return false;
+    }
+    assert(!r->app_state); /* the write handlers keep no other state */
+    sw->w = w;
+    buf_init(&sw->headers);
+    r->app_state = sw;
+    r->app_free = sync_wait_free;
+    return true;
+}
+
+static void
+on_sync_wake(void *arg)
+{
+    http_req_wake(arg);
+}
+
+/* h_sync_wait is the parked write's step on the loop: it answers once the required
+ * replicas acknowledged the write, or the primary degraded (the write is committed
+ * either way: only the wait ends). */
+static err
+h_sync_wait(struct http_req *r, bool nowait)
+{
+    struct sync_wait *sw = r->app_state;
+    uint64_t wait_ms = 0;
+    unsigned replicated = 0;
+    (void)nowait;
+    enum repl_sync_state st = repl_sync_poll(node_of(r)->repl, sw->w, &wait_ms, &replicated);
+    if (st == REPL_SYNC_PENDING) {
+        r->park_ms = wait_ms ? wait_ms : 1;
+        return ERR_OK;
+    }
+    buf_release(&r->resp.headers);
+    r->resp.headers = sw->headers; /* moved */
+    buf_init(&sw->headers);
+    r->resp.status = sw->status;
+    http_resp_header(r, "Georeg-Replicated", "%u", replicated);
+    return ERR_OK;
+}
+
+/* sync_hold runs after the write committed, with its answer in r->resp: it is sent
+ * now (sync off or degraded, or acknowledged already), or held and the request parked
+ * until h_sync_wait answers. */
+static void
+sync_hold(struct http_req *r)
+{
+    struct node *nd = node_of(r);
+    struct sync_wait *sw = r->app_state;
+    /* the head is at or past this write's own events: waiting for it is never less
+     * than waiting for them */
+    uint64_t seq = store_log_head(nd->store);
+    if (!sw) {
+        http_resp_header(r, "Georeg-Replicated", "%u", repl_sync_replicated(nd->repl, seq));
+        return;
+    }
+    repl_sync_arm(nd->repl, sw->w, seq, on_sync_wake, r);
+    uint64_t wait_ms = 0;
+    unsigned replicated = 0;
+    if (repl_sync_poll(nd->repl, sw->w, &wait_ms, &replicated) != REPL_SYNC_PENDING) {
+        http_resp_header(r, "Georeg-Replicated", "%u", replicated);
+        return;
+    }
+    sw->status = r->resp.status;
+    r->resp.status = 0;
+    buf_release(&sw->headers);
+    sw->headers = r->resp.headers; /* moved: given back by h_sync_wait */
+    buf_init(&r->resp.headers);
+    r->handler = h_sync_wait; /* re-run on the loop: it only looks at memory */
+    r->handler_on_pool = false;
+    r->park_ms = wait_ms ? wait_ms : 1;
 }
 
 /* ---- base, catalog, tags ---- */
@@ -394,6 +515,8 @@ h_manifest_put(struct http_req *r, bool nowait)
         .subject = mi.has_subject ? mi.subject : NULL,
         .descriptor = buf_slice(&desc),
     };
+    if (!sync_reserve(r))
+        goto out;
     e = store_manifest_put_tags(nd->store, &mp, tags->p, tags->n, missing);
     if (e) {
         http_resp_error(r, e, NULL, missing[0] ? missing : NULL);
@@ -410,6 +533,7 @@ h_manifest_put(struct http_req *r, bool nowait)
         http_resp_header(r, "OCI-Subject", "%s", mi.subject);
     for (size_t i = 0; tag_query && i < tags->n; i++)
         http_resp_header(r, "OCI-Tag", "%s", tags->v[i]);
+    sync_hold(r);
 out:
     free(tags);
     free(refs);
@@ -424,6 +548,8 @@ h_manifest_delete(struct http_req *r, bool nowait)
     struct node *nd = node_of(r);
     struct route *rt = route_of(r);
     (void)nowait;
+    if (!sync_reserve(r))
+        return ERR_OK;
     err e = ref_is_digest(slice_of_cstr(rt->ref))
                 ? store_manifest_delete(nd->store, rt->name, rt->ref)
                 : store_tag_delete(nd->store, rt->name, rt->ref);
@@ -435,6 +561,7 @@ h_manifest_delete(struct http_req *r, bool nowait)
     atomic_fetch_add(&nd->metrics.deletes, 1);
     audit_log(nd, r, "delete", rt->name, rt->ref, NULL, 202, NULL);
     answer_empty(r, 202);
+    sync_hold(r);
     return ERR_OK;
 }
 
@@ -544,6 +671,8 @@ h_blob_delete(struct http_req *r, bool nowait)
     struct node *nd = node_of(r);
     struct route *rt = route_of(r);
     (void)nowait;
+    if (!sync_reserve(r))
+        return ERR_OK;
     err e = store_blob_delete(nd->store, rt->name, rt->ref);
     audit_log(nd, r, "delete.blob", rt->name, NULL, rt->ref, e ? err_http_status(e) : 202, NULL);
     if (e) {
@@ -552,6 +681,7 @@ h_blob_delete(struct http_req *r, bool nowait)
     }
     atomic_fetch_add(&nd->metrics.deletes, 1);
     answer_empty(r, 202);
+    sync_hold(r);
     return ERR_OK;
 }
 

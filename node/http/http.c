@@ -185,7 +185,8 @@ static void conn_close(struct conn *c);
 static bool conn_send_all(struct conn *c, const char *p, size_t n);
 static void conn_update_poll(struct conn *c);
 static void conn_parked_read(struct conn *c);
-static void conn_park(struct conn *c);
+static bool conn_park(struct conn *c);
+static void worker_wake(struct worker *w);
 static void addr_release(http_server *srv, const unsigned char key[16]);
 
 /* ---- small helpers ---- */
@@ -265,6 +266,7 @@ req_new(struct conn *c)
     str_copy(r->peer, sizeof r->peer, c->peer);
     r->listener = c->w->srv->lis[c->lidx].name;
     r->tls = c->ssl != NULL;
+    r->conn = c;
     return r;
 }
 
@@ -1084,17 +1086,23 @@ resp_reset(struct http_resp *rs)
 static void on_park_tick(uv_timer_t *t);
 
 /* conn_park leaves a request whose handler asked to wait: no pool thread holds it;
- * the worker's park timer re-runs the handler when it is due. */
-static void
+ * the worker's park timer re-runs the handler when it is due, or on_wake when it is
+ * woken (http_req_wake). false when it was woken already: run it again now. */
+static bool
 conn_park(struct conn *c)
 {
     struct worker *w = c->w;
+    if (atomic_exchange(&c->req->woken, false)) {
+        c->req->park_ms = 0;
+        return false;
+    }
     c->state = CS_PARKED;
     c->park_until = now_ms(w) + c->req->park_ms;
     c->req->park_ms = 0;
     c->deadline = 0;
     if (w->nparked++ == 0)
         uv_timer_start(&w->park, on_park_tick, PARK_TICK_MS, PARK_TICK_MS);
+    return true;
 }
 
 /* conn_unpark: the handler runs again now (due, or the server stops). */
@@ -1264,8 +1272,9 @@ conn_run(struct conn *c)
             if (!r->resp.status && c->handler_ran) {
                 c->handler_ran = false;
                 if (r->park_ms) {
-                    conn_park(c);
-                    goto wait;
+                    if (conn_park(c))
+                        goto wait;
+                    continue;
                 }
                 http_resp_error(r, ERR_INTERNAL, NULL, "the handler gave no answer");
             }
@@ -1283,8 +1292,9 @@ conn_run(struct conn *c)
                 } else {
                     atomic_fetch_add(&c->w->srv->stats.loop_handled, 1);
                     if (!r->resp.status && r->park_ms) {
-                        conn_park(c);
-                        goto wait;
+                        if (conn_park(c))
+                            goto wait;
+                        continue;
                     }
                 }
             }
@@ -1721,10 +1731,36 @@ worker_close_listener(struct worker *w)
     }
 }
 
+/* unpark_woken re-runs the parked requests that http_req_wake woke. */
+static void
+unpark_woken(struct worker *w)
+{
+    struct conn *c = w->conns, *next;
+    for (; c && w->nparked; c = next) {
+        next = c->next;
+        if (c->state == CS_PARKED && !c->closing && c->req &&
+            atomic_exchange(&c->req->woken, false)) {
+            conn_unpark(c);
+            conn_run(c); /* may close c; next was taken before */
+        }
+    }
+}
+
+void
+http_req_wake(struct http_req *r)
+{
+    struct conn *c = r->conn;
+    atomic_store(&r->woken, true);
+    if (c)
+        worker_wake(c->w);
+}
+
 static void
 on_wake(uv_async_t *a)
 {
     struct worker *w = a->data;
+    if (w->nparked)
+        unpark_woken(w);
     int phase = atomic_load(&w->srv->stop_phase);
     if (phase == 0)
         return;

@@ -74,8 +74,10 @@ struct http_req {
     http_step_fn handler;  /* run once the whole body is in */
     bool handler_on_pool;  /* skip the nowait attempt on the loop */
     /* A handler that leaves resp.status 0 and sets park_ms is run again after that
-     * many ms; meanwhile the connection waits on the loop (no pool thread), and a
-     * client that goes away drops the request (app_free runs). */
+     * many ms, or sooner when http_req_wake is called; meanwhile the connection waits
+     * on the loop (no pool thread), and a client that goes away drops the request
+     * (app_free runs). A handler may switch r->handler and handler_on_pool before it
+     * parks: the re-run uses them (a loop step that only looks at memory). */
     uint64_t park_ms;
     http_sink_fn sink;
     void *sink_ctx;
@@ -98,6 +100,8 @@ struct http_req {
     /* private to the server */
     buf raw; /* url + header bytes */
     size_t url_len;
+    void *conn;          /* the connection (struct conn) that owns the request */
+    _Atomic bool woken;  /* http_req_wake was called: re-run a parked handler now */
 };
 
 struct http_stats {
@@ -164,6 +168,12 @@ slice http_req_header(const struct http_req *r, const char *name);
 /* http_req_query copies the percent-decoded value of query parameter name into out
  * (at most n bytes with NUL). false when absent or too long. */
 bool http_req_query(const struct http_req *r, const char *name, char *out, size_t n);
+
+/* http_req_wake makes a parked request (park_ms) run its handler now instead of when
+ * park_ms is over; called before the request parks, it is re-run right away. Safe
+ * from any thread while the request is alive (until its app_free returned); it never
+ * blocks for long and does not touch the request beyond one atomic flag. */
+void http_req_wake(struct http_req *r);
 
 /* http_resp_header appends a header line to the response. */
 void http_resp_header(struct http_req *r, const char *name, const char *fmt, ...)

@@ -270,6 +270,55 @@ has_query(const struct http_req *r, const char *name)
     return http_req_query(r, name, v, sizeof v);
 }
 
+/* GET /wake: the handler parks for a minute and another thread wakes it after 50 ms
+ * (?early: the handler wakes itself before it parks); its second run answers. */
+struct wake_state {
+    pthread_t t;
+    bool started, ran;
+    struct http_req *r;
+};
+
+static void *
+waker_main(void *arg)
+{
+    struct wake_state *ws = arg;
+    sleep_ms(50);
+    http_req_wake(ws->r);
+    return NULL;
+}
+
+static void
+wake_state_free(struct http_req *r)
+{
+    struct wake_state *ws = r->app_state;
+    if (!ws)
+        return;
+    if (ws->started)
+        pthread_join(ws->t, NULL); /* the waker is done before the request goes */
+    free(ws);
+    r->app_state = NULL;
+}
+
+static err
+h_wake(struct http_req *r, bool nowait)
+{
+    struct wake_state *ws = r->app_state;
+    count_run(r, nowait);
+    if (ws->ran) {
+        r->resp.status = 200;
+        buf_adds(&r->resp.body, "woken");
+        return ERR_OK;
+    }
+    ws->ran = true;
+    ws->r = r;
+    if (has_query(r, "early"))
+        http_req_wake(r);
+    else if (pthread_create(&ws->t, NULL, waker_main, ws) == 0)
+        ws->started = true;
+    r->park_ms = 60000; /* far beyond IO_TIMEOUT_MS: only the wake answers in time */
+    return ERR_OK;
+}
+
 static void
 app_on_headers(struct http_req *r)
 {
@@ -287,6 +336,15 @@ app_on_headers(struct http_req *r)
     } else if (get && slice_eq_cstr(p, "/slow")) {
         r->handler = h_slow;
         r->handler_on_pool = true;
+    } else if (get && slice_eq_cstr(p, "/wake")) {
+        struct wake_state *ws = calloc(1, sizeof *ws);
+        if (!ws) {
+            http_resp_error(r, ERR_NOMEM, NULL, NULL);
+            return;
+        }
+        r->app_state = ws;
+        r->app_free = wake_state_free;
+        r->handler = h_wake;
     } else if (get && slice_eq_cstr(p, "/big")) {
         r->handler = h_big;
     } else if (r->method == M_PUT && slice_eq_cstr(p, "/buffer")) {
@@ -1705,6 +1763,27 @@ test_client_resets(void **state)
     resp_release(&rs);
 }
 
+/* A parked request runs again when http_req_wake is called (from another thread, or
+ * before it parked), not only when park_ms is over. */
+static void
+test_park_wake(void **state)
+{
+    struct fx *f = *state;
+    struct http_config cfg = cfg_default();
+    fx_start(f, &cfg);
+    struct resp rs;
+    resp_init(&rs);
+    struct cl *c = cl_open(f);
+    cl_roundtrip(c, "GET /wake HTTP/1.1\r\nHost: t\r\n\r\n", &rs);
+    assert_resp(&rs, 200, "woken");
+    cl_roundtrip(c, "GET /wake?early HTTP/1.1\r\nHost: t\r\n\r\n", &rs);
+    assert_resp(&rs, 200, "woken");
+    /* the connection goes on after a woken request */
+    cl_roundtrip(c, "GET /echo/after HTTP/1.1\r\nHost: t\r\n\r\n", &rs);
+    assert_resp(&rs, 200, "/echo/after");
+    resp_release(&rs);
+}
+
 int
 main(void)
 {
@@ -1731,6 +1810,7 @@ main(void)
         T(test_graceful_stop),
         T(test_stop_forces_after_drain),
         T(test_client_resets),
+        T(test_park_wake),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
