@@ -126,9 +126,11 @@ sync_init(repl *r, const struct repl_sync_options *o)
         s->nnames = o->nnames;
     }
     required_text(s, req, sizeof req);
-    if (!r->primary) {
+    if (!r->primary && !r->cluster) {
         /* a secondary keeps the setting for when it is made primary (a restart with
-         * replication.role: primary validates it against its replicas) */
+         * replication.role: primary validates it against its replicas; in a cluster
+         * description every node knows its would-be replicas, so it is checked now
+         * and applies from the promotion on) */
         log_info("REPL-SYNC", "required=%s timeout_ms=%llu mode=off reason=secondary", req,
                  (unsigned long long)s->timeout_ms);
         return ERR_OK;
