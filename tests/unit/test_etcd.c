@@ -926,9 +926,13 @@ test_hostile_endpoints(void **state)
     mock_start(&m);
     etcd_client *c = client_of(m.url, TIMEOUT_MS);
     bool flag;
+    /* the mock may still be writing an answer the client has stopped reading: the
+     * answers live until the mock has stopped */
+    char *answers[sizeof hostile / sizeof hostile[0]] = {0};
     for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
         const struct hostile_case *hc = &hostile[i];
         char *resp = hc->body ? http_answer(hc->status ? hc->status : 200, hc->body) : NULL;
+        answers[i] = resp;
         atomic_store(&m.canned, resp ? resp : hc->raw);
         atomic_store(&m.mode, MOCK_CANNED);
         err r = run_op(c, hc->op, &flag);
@@ -937,7 +941,6 @@ test_hostile_endpoints(void **state)
             fail_msg("hostile case \"%s\": got %s, want %s", hc->what, err_name(r),
                      err_name(hc->want));
         assert_false(flag);
-        free(resp);
     }
     /* bodies of several MiB are cut off at ETCD_MAX_BODY, however they are framed */
     for (int mode = MOCK_HUGE_CL; mode <= MOCK_HUGE_CHUNKED; mode++) {
@@ -963,6 +966,8 @@ test_hostile_endpoints(void **state)
     assert_int_equal(run_op(c, 3, &flag), ERR_TIMEOUT);
     etcd_client_free(c);
     mock_stop(&m);
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++)
+        free(answers[i]);
     assert_true(atomic_load(&m.served) > 0);
 }
 
