@@ -2,7 +2,8 @@
  * etcd-server, started here on free loopback ports with its data in a temporary
  * directory and killed by pid), and against hostile endpoints served by a thread of
  * this test (garbage, errors, oversized bodies, bad base64, wrong types, silence).
- * Without /usr/bin/etcd the tests that need it are skipped, saying so. */
+ * Without /usr/bin/etcd (or $GEOREG_ETCD_BIN) the tests that need it are skipped,
+ * saying so. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -36,7 +37,13 @@
 #include "common/log.h"
 #include "replication/etcd.h"
 
-#define ETCD_BIN "/usr/bin/etcd"
+/* the etcd binary; GEOREG_ETCD_BIN overrides (a missing one shows the skip path) */
+static const char *
+etcd_bin(void)
+{
+    const char *b = getenv("GEOREG_ETCD_BIN");
+    return b && b[0] ? b : "/usr/bin/etcd";
+}
 /* the client timeout of most tests, and the slack allowed on top of it before a
  * call counts as hanging (the bound is on hanging, not on speed) */
 #define TIMEOUT_MS 2000
@@ -113,7 +120,9 @@ etcd_spawn(struct etcd_proc *e)
     snprintf(client, sizeof client, "http://127.0.0.1:%d", e->client_port);
     snprintf(peer, sizeof peer, "http://127.0.0.1:%d", e->peer_port);
     snprintf(cluster, sizeof cluster, "t=%s", peer);
-    char *argv[] = {ETCD_BIN,
+    char bin[256];
+    snprintf(bin, sizeof bin, "%s", etcd_bin());
+    char *argv[] = {bin,
                     "--name", name,
                     "--data-dir", data,
                     "--listen-client-urls", client,
@@ -138,7 +147,7 @@ etcd_spawn(struct etcd_proc *e)
         dup2(fd, STDERR_FILENO);
         close(fd);
     }
-    execv(ETCD_BIN, argv);
+    execv(bin, argv);
     _exit(127);
 }
 
@@ -218,10 +227,10 @@ group_setup(void **state)
 {
     (void)state;
     memset(&g_etcd, 0, sizeof g_etcd);
-    if (access(ETCD_BIN, X_OK) != 0) {
+    if (access(etcd_bin(), X_OK) != 0) {
         fprintf(stderr, "test_etcd: %s not found: the tests against a real etcd are "
                         "SKIPPED (apt-get install etcd-server)\n",
-                ETCD_BIN);
+                etcd_bin());
         return 0;
     }
     g_etcd.available = true;
@@ -246,7 +255,7 @@ group_teardown(void **state)
 #define NEED_ETCD()                                                                                \
     do {                                                                                           \
         if (!g_etcd.available) {                                                                   \
-            fprintf(stderr, "test_etcd: SKIPPED: no " ETCD_BIN "\n");                              \
+            fprintf(stderr, "test_etcd: SKIPPED: no %s\n", etcd_bin());                           \
             skip();                                                                                \
         }                                                                                          \
         if (g_etcd.pid > 0)                                                                        \
