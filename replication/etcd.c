@@ -265,9 +265,11 @@ error_body(etcd_client *c, const char *path, long status, json_t *eobj)
     int64_t code = 0;
     char msg[160];
     if (json_is_object(eobj)) {
-        if (!j_int64(eobj, "code", &code) || code == 0)
+        /* unary answers say "code", stream messages "grpc_code" */
+        if (!j_int64(eobj, "code", &code) || code == 0) {
             if (!j_int64(eobj, "grpc_code", &code))
                 code = 0;
+        }
         json_t *m = json_object_get(eobj, "message");
         log_text(msg, sizeof msg, json_is_string(m) ? json_string_value(m) : "");
     } else {

@@ -72,8 +72,9 @@ err etcd_lease_revoke(etcd_client *c, int64_t lease_id);
  * when not NULL, gets the holder's value (ours when we won); mod_revision, when not
  * NULL, the key's mod revision (for etcd_put_if). A key already held under our
  * (nonzero) lease_id with our value counts as won: that is our own put, from a
- * campaign whose answer was lost. lease_id 0 puts the key without a lease. Key and
- * value are borrowed; key 1..ETCD_MAX_KEY bytes, value up to ETCD_MAX_VALUE. */
+ * campaign whose answer was lost. lease_id 0 puts the key without a lease;
+ * ERR_NOT_FOUND when lease_id is not (or no longer) a lease. Key and value are
+ * borrowed; key 1..ETCD_MAX_KEY bytes, value up to ETCD_MAX_VALUE. */
 err etcd_campaign(etcd_client *c, slice key, slice value, int64_t lease_id, bool *won,
                   buf *holder, int64_t *mod_revision);
 
@@ -84,7 +85,8 @@ err etcd_get(etcd_client *c, slice key, buf *value, int64_t *mod_revision, int64
 /* etcd_put_if writes (key, value, lease_id) only if the key's mod revision is still
  * expected_mod_revision (a Txn with a MOD compare); expected 0 means "only if the key
  * does not exist". *swapped says whether it was written; when it was and
- * new_mod_revision is not NULL, *new_mod_revision is the key's new mod revision. */
+ * new_mod_revision is not NULL, *new_mod_revision is the key's new mod revision.
+ * ERR_NOT_FOUND when lease_id is not (or no longer) a lease. */
 err etcd_put_if(etcd_client *c, slice key, slice value, int64_t lease_id,
                 int64_t expected_mod_revision, bool *swapped, int64_t *new_mod_revision);
 

@@ -296,6 +296,15 @@ test_lease_cycle(void **state)
     assert_int_equal(left, 0);
     assert_int_equal(etcd_lease_time_to_live(c, id, &left), ERR_NOT_FOUND);
     assert_int_equal(etcd_lease_revoke(c, id), ERR_NOT_FOUND);
+    /* a gone lease cannot hold a key */
+    bool won = true, swapped = true;
+    assert_int_equal(etcd_campaign(c, S("georeg-test/lease/k"), S("v"), id, &won, NULL, NULL),
+                     ERR_NOT_FOUND);
+    assert_false(won);
+    assert_int_equal(etcd_put_if(c, S("georeg-test/lease/k"), S("v"), id, 0, &swapped, NULL),
+                     ERR_NOT_FOUND);
+    assert_false(swapped);
+    assert_int_equal(etcd_get(c, S("georeg-test/lease/k"), NULL, NULL, NULL), ERR_NOT_FOUND);
     /* a lease nobody granted */
     assert_int_equal(etcd_lease_keepalive(c, 0x7eadbeef12345, &left), ERR_NOT_FOUND);
     assert_int_equal(left, 0);
