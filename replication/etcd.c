@@ -22,17 +22,19 @@ struct etcd_client {
     size_t n;
     size_t cur; /* the endpoint that answered last: the next call starts there */
     uint64_t timeout_ms;
+    uint64_t call_start_ms; /* etcd_now_ms() when the last call began, before it sent */
     buf url;
     buf req;
     buf resp;
     bool resp_over; /* the body passed ETCD_MAX_BODY */
 };
 
-static uint64_t
-now_ms(void)
+uint64_t
+etcd_now_ms(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* BOOTTIME keeps counting while the machine is suspended, as etcd's clock does */
+    clock_gettime(CLOCK_BOOTTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
@@ -298,13 +300,14 @@ static err
 call(etcd_client *c, const char *path, json_t **root)
 {
     *root = NULL;
-    uint64_t deadline = now_ms() + c->timeout_ms;
+    c->call_start_ms = etcd_now_ms();
+    uint64_t deadline = c->call_start_ms + c->timeout_ms;
     CURLcode rc = CURLE_COULDNT_CONNECT;
     long status = 0;
     bool sent = false;
     for (size_t tried = 0; tried < c->n; tried++) {
         size_t ep = (c->cur + tried) % c->n;
-        uint64_t now = now_ms();
+        uint64_t now = etcd_now_ms();
         if (now >= deadline)
             break;
         uint64_t left = deadline - now;
@@ -506,14 +509,25 @@ etcd_client_free(etcd_client *c)
 
 /* ---- leases ---- */
 
+/* valid_until is when a lease renewed to ttl_s by the last call can lapse at the
+ * earliest: etcd started the TTL when it handled the request, after the call began. */
+static uint64_t
+valid_until(const etcd_client *c, int64_t ttl_s)
+{
+    return c->call_start_ms + (uint64_t)ttl_s * 1000u;
+}
+
 err
-etcd_lease_grant(etcd_client *c, int64_t ttl_s, int64_t *lease_id, int64_t *granted_ttl)
+etcd_lease_grant(etcd_client *c, int64_t ttl_s, int64_t *lease_id, int64_t *granted_ttl,
+                 uint64_t *valid_until_ms)
 {
     static const char path[] = "/v3/lease/grant";
     json_t *root = NULL;
     *lease_id = 0;
     if (granted_ttl)
         *granted_ttl = 0;
+    if (valid_until_ms)
+        *valid_until_ms = 0;
     if (ttl_s < 1 || ttl_s > 1000000)
         return bad_argument("lease_grant", "ttl");
     buf_reset(&c->req);
@@ -536,6 +550,8 @@ etcd_lease_grant(etcd_client *c, int64_t ttl_s, int64_t *lease_id, int64_t *gran
     *lease_id = id;
     if (granted_ttl)
         *granted_ttl = ttl;
+    if (valid_until_ms)
+        *valid_until_ms = valid_until(c, ttl);
     ret = ERR_OK;
 out:
     json_decref(root);
@@ -545,10 +561,12 @@ out:
 /* lease_ttl_call is keepalive and timetolive: the same request, the answer's TTL. */
 static err
 lease_ttl_call(etcd_client *c, const char *path, bool stream, int64_t lease_id,
-               int64_t *ttl_left)
+               int64_t *ttl_left, uint64_t *valid_until_ms)
 {
     json_t *root = NULL;
     *ttl_left = 0;
+    if (valid_until_ms)
+        *valid_until_ms = 0;
     if (lease_id <= 0)
         return bad_argument(path, "lease_id");
     buf_reset(&c->req);
@@ -586,6 +604,8 @@ lease_ttl_call(etcd_client *c, const char *path, bool stream, int64_t lease_id,
         goto out;
     }
     *ttl_left = ttl;
+    if (valid_until_ms)
+        *valid_until_ms = valid_until(c, ttl);
     ret = ERR_OK;
 out:
     json_decref(root);
@@ -593,15 +613,18 @@ out:
 }
 
 err
-etcd_lease_keepalive(etcd_client *c, int64_t lease_id, int64_t *ttl_left)
+etcd_lease_keepalive(etcd_client *c, int64_t lease_id, int64_t *ttl_left,
+                     uint64_t *valid_until_ms)
 {
-    return lease_ttl_call(c, "/v3/lease/keepalive", true, lease_id, ttl_left);
+    /* a renewal restarts the full TTL, so the answer bounds the lease from below */
+    return lease_ttl_call(c, "/v3/lease/keepalive", true, lease_id, ttl_left, valid_until_ms);
 }
 
 err
 etcd_lease_time_to_live(etcd_client *c, int64_t lease_id, int64_t *ttl_left)
 {
-    return lease_ttl_call(c, "/v3/lease/timetolive", false, lease_id, ttl_left);
+    /* no deadline from this one: its TTL is a rounded remainder, not a renewal */
+    return lease_ttl_call(c, "/v3/lease/timetolive", false, lease_id, ttl_left, NULL);
 }
 
 err

@@ -50,16 +50,25 @@ err etcd_client_new(const char *const *endpoints, size_t n, uint64_t timeout_ms,
 /* etcd_client_free frees c and closes its connections; NULL is a no-op. */
 void etcd_client_free(etcd_client *c);
 
+/* etcd_now_ms is the clock lease deadlines are given in: CLOCK_BOOTTIME in
+ * milliseconds (monotonic, and it goes on counting while the machine is suspended,
+ * as the etcd members' clocks do). */
+uint64_t etcd_now_ms(void);
+
 /* etcd_lease_grant asks for a lease of ttl_s seconds (1..1000000) (LeaseGrant,
- * /v3/lease/grant). *lease_id gets its id and, when granted_ttl is not NULL,
- * *granted_ttl the TTL etcd granted (etcd may raise a small TTL to its minimum).
- * A caller that must know when the lease can have lapsed measures from a clock
- * reading taken before this call. */
-err etcd_lease_grant(etcd_client *c, int64_t ttl_s, int64_t *lease_id, int64_t *granted_ttl);
+ * /v3/lease/grant). *lease_id gets its id; granted_ttl, when not NULL, the TTL etcd
+ * granted (etcd raises a TTL below its minimum); valid_until_ms, when not NULL, the
+ * etcd_now_ms() before which etcd cannot expire the lease: the clock read before
+ * the request was sent plus the granted TTL (etcd starts the TTL later, when it
+ * handles the request). A holder subtracts a margin for clock-rate drift. */
+err etcd_lease_grant(etcd_client *c, int64_t ttl_s, int64_t *lease_id, int64_t *granted_ttl,
+                     uint64_t *valid_until_ms);
 /* etcd_lease_keepalive renews lease_id once (LeaseKeepAlive, /v3/lease/keepalive)
- * and sets *ttl_left to the TTL it now has; ERR_NOT_FOUND with *ttl_left 0 when the
- * lease has lapsed or was revoked. */
-err etcd_lease_keepalive(etcd_client *c, int64_t lease_id, int64_t *ttl_left);
+ * and sets *ttl_left to the TTL it now has and, when valid_until_ms is not NULL,
+ * *valid_until_ms as etcd_lease_grant does; ERR_NOT_FOUND with both 0 when the
+ * lease has lapsed or was revoked. On any error the previous deadline stands. */
+err etcd_lease_keepalive(etcd_client *c, int64_t lease_id, int64_t *ttl_left,
+                         uint64_t *valid_until_ms);
 /* etcd_lease_time_to_live reads the remaining TTL of lease_id without renewing it
  * (LeaseTimeToLive, /v3/lease/timetolive); ERR_NOT_FOUND with *ttl_left 0 when gone. */
 err etcd_lease_time_to_live(etcd_client *c, int64_t lease_id, int64_t *ttl_left);

@@ -52,9 +52,7 @@ etcd_bin(void)
 static uint64_t
 now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return etcd_now_ms();
 }
 
 static void
@@ -283,17 +281,25 @@ test_lease_cycle(void **state)
     NEED_ETCD();
     etcd_client *c = client_of(g_etcd.url, TIMEOUT_MS);
     int64_t id = 0, ttl = 0, left = -1;
-    assert_int_equal(etcd_lease_grant(c, 10, &id, &ttl), ERR_OK);
+    uint64_t until = 0, before = etcd_now_ms();
+    assert_int_equal(etcd_lease_grant(c, 10, &id, &ttl, &until), ERR_OK);
     assert_true(id > 0);
     assert_true(ttl >= 10);
-    assert_int_equal(etcd_lease_keepalive(c, id, &left), ERR_OK);
+    /* the deadline counts from before the request, never from the answer */
+    assert_true(until >= before + (uint64_t)ttl * 1000);
+    assert_true(until <= etcd_now_ms() + (uint64_t)ttl * 1000);
+    before = etcd_now_ms();
+    assert_int_equal(etcd_lease_keepalive(c, id, &left, &until), ERR_OK);
     assert_true(left > 0 && left <= ttl);
+    assert_true(until >= before + (uint64_t)left * 1000);
+    assert_true(until <= etcd_now_ms() + (uint64_t)left * 1000);
     assert_int_equal(etcd_lease_time_to_live(c, id, &left), ERR_OK);
     assert_true(left > 0 && left <= ttl);
     assert_int_equal(etcd_lease_revoke(c, id), ERR_OK);
     left = -1;
-    assert_int_equal(etcd_lease_keepalive(c, id, &left), ERR_NOT_FOUND);
+    assert_int_equal(etcd_lease_keepalive(c, id, &left, &until), ERR_NOT_FOUND);
     assert_int_equal(left, 0);
+    assert_int_equal(until, 0);
     assert_int_equal(etcd_lease_time_to_live(c, id, &left), ERR_NOT_FOUND);
     assert_int_equal(etcd_lease_revoke(c, id), ERR_NOT_FOUND);
     /* a gone lease cannot hold a key */
@@ -306,11 +312,11 @@ test_lease_cycle(void **state)
     assert_false(swapped);
     assert_int_equal(etcd_get(c, S("georeg-test/lease/k"), NULL, NULL, NULL), ERR_NOT_FOUND);
     /* a lease nobody granted */
-    assert_int_equal(etcd_lease_keepalive(c, 0x7eadbeef12345, &left), ERR_NOT_FOUND);
+    assert_int_equal(etcd_lease_keepalive(c, 0x7eadbeef12345, &left, NULL), ERR_NOT_FOUND);
     assert_int_equal(left, 0);
     /* arguments are checked before anything is sent */
-    assert_int_equal(etcd_lease_grant(c, 0, &id, NULL), ERR_INVALID);
-    assert_int_equal(etcd_lease_keepalive(c, 0, &left), ERR_INVALID);
+    assert_int_equal(etcd_lease_grant(c, 0, &id, NULL, NULL), ERR_INVALID);
+    assert_int_equal(etcd_lease_keepalive(c, 0, &left, NULL), ERR_INVALID);
     assert_int_equal(etcd_lease_revoke(c, -1), ERR_INVALID);
     etcd_client_free(c);
 }
@@ -353,7 +359,7 @@ test_campaign_two_clients(void **state)
         cp[i].c = client_of(g_etcd.url, TIMEOUT_MS);
         cp[i].go = &go;
         buf_init(&cp[i].holder);
-        assert_int_equal(etcd_lease_grant(cp[i].c, 30, &cp[i].lease, NULL), ERR_OK);
+        assert_int_equal(etcd_lease_grant(cp[i].c, 30, &cp[i].lease, NULL, NULL), ERR_OK);
     }
     /* both at once, each on its own client */
     for (int i = 0; i < 2; i++)
@@ -410,8 +416,9 @@ test_lease_lapse_hands_over(void **state)
     int64_t la = 0, lb = 0, left = 0;
     bool won = false;
     buf holder = BUF_INIT;
-    assert_int_equal(etcd_lease_grant(a, 2, &la, NULL), ERR_OK);
-    assert_int_equal(etcd_lease_grant(b, 60, &lb, NULL), ERR_OK);
+    uint64_t a_until = 0;
+    assert_int_equal(etcd_lease_grant(a, 2, &la, NULL, &a_until), ERR_OK);
+    assert_int_equal(etcd_lease_grant(b, 60, &lb, NULL, NULL), ERR_OK);
     assert_int_equal(etcd_campaign(a, S(key), S("node-a"), la, &won, &holder, NULL), ERR_OK);
     assert_true(won);
     assert_int_equal(etcd_campaign(b, S(key), S("node-b"), lb, &won, &holder, NULL), ERR_OK);
@@ -427,12 +434,15 @@ test_lease_lapse_hands_over(void **state)
         sleep_ms(200);
     }
     assert_int_equal(r, ERR_NOT_FOUND);
-    assert_int_equal(etcd_lease_keepalive(a, la, &left), ERR_NOT_FOUND);
+    /* the safety rule failover rests on: a's local deadline came before anyone else
+     * could see the key gone (a lower bound, not a speed) */
+    assert_true(etcd_now_ms() >= a_until);
+    assert_int_equal(etcd_lease_keepalive(a, la, &left, NULL), ERR_NOT_FOUND);
     assert_int_equal(etcd_campaign(b, S(key), S("node-b"), lb, &won, &holder, NULL), ERR_OK);
     assert_true(won);
     assert_string_equal(holder.ptr, "node-b");
     /* a, back too late, sees b */
-    assert_int_equal(etcd_lease_grant(a, 2, &la, NULL), ERR_OK);
+    assert_int_equal(etcd_lease_grant(a, 2, &la, NULL, NULL), ERR_OK);
     assert_int_equal(etcd_campaign(a, S(key), S("node-a"), la, &won, &holder, NULL), ERR_OK);
     assert_false(won);
     assert_string_equal(holder.ptr, "node-b");
@@ -459,7 +469,7 @@ test_put_if_and_delete_if_value(void **state)
     int64_t lease = 0, rev1 = 0, rev2 = 0, rev = 0, got_lease = 0;
     bool won = false, swapped = true, deleted = true;
     buf v = BUF_INIT;
-    assert_int_equal(etcd_lease_grant(c, 30, &lease, NULL), ERR_OK);
+    assert_int_equal(etcd_lease_grant(c, 30, &lease, NULL, NULL), ERR_OK);
     assert_int_equal(etcd_campaign(c, key, S("node-a seq=1"), lease, &won, NULL, &rev1), ERR_OK);
     assert_true(won);
 
@@ -534,8 +544,8 @@ all_calls_fail(etcd_client *c, uint64_t timeout_ms, int64_t lease)
         err r = ERR_OK;
         b = true;
         switch (i) {
-        case 0: r = etcd_lease_grant(c, 5, &id, NULL); break;
-        case 1: r = etcd_lease_keepalive(c, lease, &left); break;
+        case 0: r = etcd_lease_grant(c, 5, &id, NULL, NULL); break;
+        case 1: r = etcd_lease_keepalive(c, lease, &left, NULL); break;
         case 2: r = etcd_lease_time_to_live(c, lease, &left); break;
         case 3: r = etcd_campaign(c, S("georeg-test/dead/k"), S("v"), lease, &b, &v, &rev); break;
         case 4: r = etcd_get(c, S("georeg-test/dead/k"), &v, &rev, NULL); break;
@@ -563,7 +573,7 @@ test_etcd_killed_and_restarted(void **state)
     int64_t lease = 0;
     bool swapped = false;
     buf v = BUF_INIT;
-    assert_int_equal(etcd_lease_grant(c, 60, &lease, NULL), ERR_OK);
+    assert_int_equal(etcd_lease_grant(c, 60, &lease, NULL, NULL), ERR_OK);
     assert_int_equal(etcd_put_if(c, S("georeg-test/kill/durable"), S("kept"), 0, 0, &swapped,
                                  NULL),
                      ERR_OK);
@@ -585,7 +595,7 @@ test_etcd_killed_and_restarted(void **state)
     assert_int_equal(etcd_get(c, S("georeg-test/kill/durable"), &v, NULL, NULL), ERR_OK);
     assert_string_equal(v.ptr, "kept");
     int64_t left = 0;
-    assert_int_equal(etcd_lease_keepalive(c, lease, &left), ERR_OK);
+    assert_int_equal(etcd_lease_keepalive(c, lease, &left, NULL), ERR_OK);
     assert_true(left > 0);
     bool won = false;
     assert_int_equal(etcd_campaign(c, S("georeg-test/kill/leader"), S("node-a"), lease, &won, &v,
@@ -665,13 +675,13 @@ test_first_endpoint_dead(void **state)
     int64_t lease = 0, left = 0;
     bool won = false;
     buf v = BUF_INIT;
-    assert_int_equal(etcd_lease_grant(c, 30, &lease, NULL), ERR_OK);
+    assert_int_equal(etcd_lease_grant(c, 30, &lease, NULL, NULL), ERR_OK);
     assert_int_equal(etcd_campaign(c, S("georeg-test/multi/leader"), S("node-m"), lease, &won, &v,
                                    NULL),
                      ERR_OK);
     assert_true(won);
     /* the next calls start at the endpoint that answered */
-    assert_int_equal(etcd_lease_keepalive(c, lease, &left), ERR_OK);
+    assert_int_equal(etcd_lease_keepalive(c, lease, &left, NULL), ERR_OK);
     assert_int_equal(etcd_get(c, S("georeg-test/multi/leader"), &v, NULL, NULL), ERR_OK);
     assert_string_equal(v.ptr, "node-m");
     assert_int_equal(etcd_lease_revoke(c, lease), ERR_OK);
@@ -989,8 +999,8 @@ run_op(etcd_client *c, int op, bool *flag)
     *flag = false;
     switch (op) {
     case 0: r = etcd_get(c, S("k"), &v, &rev, &id); break;
-    case 1: r = etcd_lease_grant(c, 5, &id, &rev); break;
-    case 2: r = etcd_lease_keepalive(c, 7, &id); break;
+    case 1: r = etcd_lease_grant(c, 5, &id, &rev, NULL); break;
+    case 2: r = etcd_lease_keepalive(c, 7, &id, NULL); break;
     case 3: r = etcd_campaign(c, S("k"), S("v"), 7, flag, &v, &rev); break;
     case 4: r = etcd_put_if(c, S("k"), S("v"), 7, 3, flag, &rev); break;
     case 5: r = etcd_delete_if_value(c, S("k"), S("v"), flag); break;
