@@ -28,13 +28,17 @@
 #include "../common/buf.h"
 #include "../common/err.h"
 
+/* etcd_client is one connection pool (a curl handle) to one etcd cluster. */
 typedef struct etcd_client etcd_client;
 
-/* At most this many endpoints per client. */
+/* ETCD_MAX_ENDPOINTS: at most this many endpoints per client. */
 #define ETCD_MAX_ENDPOINTS 16
-/* A response body larger than this is refused (ERR_PROTOCOL) as it arrives. */
+/* ETCD_MAX_BODY: a response body larger than this is refused (ERR_PROTOCOL) as it
+ * arrives, so a holder's value written by someone else is readable up to about
+ * 3/4 of it (base64). */
 #define ETCD_MAX_BODY ((size_t)1 << 20)
-/* Keys and values we send are bounded (etcd's own request limit is 1.5 MiB). */
+/* ETCD_MAX_KEY, ETCD_MAX_VALUE: the keys and values we send (etcd's own request
+ * limit is 1.5 MiB). */
 #define ETCD_MAX_KEY 4096
 #define ETCD_MAX_VALUE ((size_t)64 << 10)
 
