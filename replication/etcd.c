@@ -558,15 +558,15 @@ out:
     return ret;
 }
 
-/* lease_ttl_call is keepalive and timetolive: the same request, the answer's TTL. */
+/* lease_ttl_call is keepalive and timetolive: the same request, the answer's TTL.
+ * *valid_until_ms (when given) changes only with an answer: the new deadline, or 0
+ * when the lease is gone; after any other error the caller's deadline stands. */
 static err
 lease_ttl_call(etcd_client *c, const char *path, bool stream, int64_t lease_id,
                int64_t *ttl_left, uint64_t *valid_until_ms)
 {
     json_t *root = NULL;
     *ttl_left = 0;
-    if (valid_until_ms)
-        *valid_until_ms = 0;
     if (lease_id <= 0)
         return bad_argument(path, "lease_id");
     buf_reset(&c->req);
@@ -575,7 +575,7 @@ lease_ttl_call(etcd_client *c, const char *path, bool stream, int64_t lease_id,
         return ret;
     ret = call(c, path, &root);
     if (ret != ERR_OK)
-        return ret;
+        goto out;
     json_t *res = root;
     if (stream) {
         /* a streaming RPC: each message is {"result":...} or {"error":{...}} */
@@ -608,6 +608,8 @@ lease_ttl_call(etcd_client *c, const char *path, bool stream, int64_t lease_id,
         *valid_until_ms = valid_until(c, ttl);
     ret = ERR_OK;
 out:
+    if (ret == ERR_NOT_FOUND && valid_until_ms)
+        *valid_until_ms = 0;
     json_decref(root);
     return ret;
 }

@@ -70,7 +70,8 @@ err etcd_lease_grant(etcd_client *c, int64_t ttl_s, int64_t *lease_id, int64_t *
 /* etcd_lease_keepalive renews lease_id once (LeaseKeepAlive, /v3/lease/keepalive)
  * and sets *ttl_left to the TTL it now has and, when valid_until_ms is not NULL,
  * *valid_until_ms as etcd_lease_grant does; ERR_NOT_FOUND with both 0 when the
- * lease has lapsed or was revoked. On any error the previous deadline stands. */
+ * lease has lapsed or was revoked. On any other error *ttl_left is 0 and
+ * *valid_until_ms is left as it was: the holder's previous deadline stands. */
 err etcd_lease_keepalive(etcd_client *c, int64_t lease_id, int64_t *ttl_left,
                          uint64_t *valid_until_ms);
 /* etcd_lease_time_to_live reads the remaining TTL of lease_id without renewing it

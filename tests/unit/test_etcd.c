@@ -537,6 +537,7 @@ static void
 all_calls_fail(etcd_client *c, uint64_t timeout_ms, int64_t lease)
 {
     int64_t id = 0, left = 0, rev = 0;
+    uint64_t until = 0;
     bool b = true;
     buf v = BUF_INIT;
     for (int i = 0; i < 8; i++) {
@@ -545,7 +546,11 @@ all_calls_fail(etcd_client *c, uint64_t timeout_ms, int64_t lease)
         b = true;
         switch (i) {
         case 0: r = etcd_lease_grant(c, 5, &id, NULL, NULL); break;
-        case 1: r = etcd_lease_keepalive(c, lease, &left, NULL); break;
+        case 1:
+            until = 12345;
+            r = etcd_lease_keepalive(c, lease, &left, &until);
+            assert_int_equal(until, 12345); /* no answer: the old deadline stands */
+            break;
         case 2: r = etcd_lease_time_to_live(c, lease, &left); break;
         case 3: r = etcd_campaign(c, S("georeg-test/dead/k"), S("v"), lease, &b, &v, &rev); break;
         case 4: r = etcd_get(c, S("georeg-test/dead/k"), &v, &rev, NULL); break;
