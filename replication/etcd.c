@@ -20,7 +20,8 @@ struct etcd_client {
     struct curl_slist *hdrs;
     char *endpoints[ETCD_MAX_ENDPOINTS];
     size_t n;
-    size_t cur; /* the endpoint that answered last: the next call starts there */
+    size_t cur;  /* the endpoint that answered last: the next call starts there */
+    bool rotate; /* cur failed after the request went out: the next call starts after it */
     uint64_t timeout_ms;
     uint64_t call_start_ms; /* etcd_now_ms() when the last call began, before it sent */
     buf url;
@@ -280,6 +281,9 @@ error_body(etcd_client *c, const char *path, long status, json_t *eobj)
     err e = code != 0 ? grpc_err(code) : ERR_UNAVAILABLE;
     if (e == ERR_OK)
         e = ERR_UNAVAILABLE;
+    /* a member without a leader or quorum answers this way: try another next time */
+    if (e == ERR_UNAVAILABLE || e == ERR_TIMEOUT)
+        c->rotate = true;
     if (e != ERR_NOT_FOUND)
         log_warn("ETCD-ERROR", "endpoint=%s path=%s status=%ld grpc_code=%lld message=\"%s\"",
                  c->endpoints[c->cur], path, status, (long long)code, msg);
@@ -301,6 +305,10 @@ call(etcd_client *c, const char *path, json_t **root)
 {
     *root = NULL;
     c->call_start_ms = etcd_now_ms();
+    if (c->rotate) {
+        c->cur = (c->cur + 1) % c->n;
+        c->rotate = false;
+    }
     uint64_t deadline = c->call_start_ms + c->timeout_ms;
     CURLcode rc = CURLE_COULDNT_CONNECT;
     long status = 0;
@@ -339,6 +347,9 @@ call(etcd_client *c, const char *path, json_t **root)
     }
     if (rc != CURLE_OK) {
         const char *ep = c->endpoints[c->cur];
+        /* it was sent and went wrong there (silence, garbage, a broken connection):
+         * this request is not resent, but the next call starts at the next endpoint */
+        c->rotate = sent;
         if (!sent && (connect_failure(rc) || rc == CURLE_OPERATION_TIMEDOUT)) {
             log_warn("ETCD-UNREACHABLE", "path=%s endpoints=%zu reason=no_endpoint_answered",
                      path, c->n);
@@ -373,13 +384,16 @@ call(etcd_client *c, const char *path, json_t **root)
         err e = ERR_UNAVAILABLE;
         if (j && json_is_object(j))
             e = error_body(c, path, status, j);
-        else
+        else {
+            c->rotate = true;
             log_warn("ETCD-ERROR", "endpoint=%s path=%s status=%ld body=unparsed",
                      c->endpoints[c->cur], path, status);
+        }
         json_decref(j);
         return e;
     }
     if (!j || !json_is_object(j)) {
+        c->rotate = true;
         log_warn("ETCD-BAD-RESPONSE", "endpoint=%s path=%s reason=not_a_json_object bytes=%zu",
                  c->endpoints[c->cur], path, c->resp.len);
         json_decref(j);
@@ -393,6 +407,7 @@ call(etcd_client *c, const char *path, json_t **root)
 static err
 bad_response(etcd_client *c, const char *path, const char *what)
 {
+    c->rotate = true;
     log_warn("ETCD-BAD-RESPONSE", "endpoint=%s path=%s reason=%s", c->endpoints[c->cur], path,
              what);
     return ERR_PROTOCOL;

@@ -47,7 +47,9 @@ typedef struct etcd_client etcd_client;
  * call. Each call has one deadline of timeout_ms (1..600000) shared by all its
  * attempts: it starts at the endpoint that answered last and moves to the next only
  * when the request could not be sent (connection refused, unresolvable, connect
- * timeout), so a request is never sent twice. On success *out is a new client for
+ * timeout), so a request is never sent twice. An endpoint that failed after the
+ * request went out (silence, "no leader", garbage) fails that call, and the next
+ * call starts at the endpoint after it. On success *out is a new client for
  * etcd_client_free; on failure (ERR_INVALID, ERR_NOMEM) *out is NULL. */
 err etcd_client_new(const char *const *endpoints, size_t n, uint64_t timeout_ms,
                     etcd_client **out);

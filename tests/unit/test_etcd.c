@@ -616,107 +616,6 @@ test_etcd_killed_and_restarted(void **state)
     etcd_client_free(c);
 }
 
-/* ---- several endpoints ---- */
-
-/* a listener that never accepts, its queue filled so that further SYNs are dropped */
-static int bh_fds[4] = {-1, -1, -1, -1};
-
-static void
-blackhole_stop(void)
-{
-    for (size_t i = 0; i < 4; i++) {
-        if (bh_fds[i] >= 0)
-            close(bh_fds[i]);
-        bh_fds[i] = -1;
-    }
-}
-
-static int
-blackhole_start(void)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    bh_fds[0] = socket(AF_INET, SOCK_STREAM, 0);
-    if (bh_fds[0] < 0 || bind(bh_fds[0], (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(bh_fds[0], (struct sockaddr *)&a, &len) != 0 || listen(bh_fds[0], 0) != 0)
-        goto fail;
-    /* backlog 0 holds one connection; fill it and leave a SYN hanging */
-    for (size_t i = 1; i < 4; i++) {
-        bh_fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-        if (bh_fds[i] < 0)
-            goto fail;
-        if (connect(bh_fds[i], (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS)
-            goto fail;
-    }
-    sleep_ms(100);
-    /* is it really black? a probe must not connect within 300 ms */
-    int probe = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    if (probe < 0)
-        goto fail;
-    bool black = false;
-    if (connect(probe, (struct sockaddr *)&a, sizeof a) != 0 && errno == EINPROGRESS) {
-        struct pollfd p = {.fd = probe, .events = POLLOUT};
-        black = poll(&p, 1, 300) == 0;
-    }
-    close(probe);
-    if (!black)
-        goto fail;
-    return ntohs(a.sin_port);
-fail:
-    blackhole_stop();
-    return -1;
-}
-
-static void
-test_first_endpoint_dead(void **state)
-{
-    (void)state;
-    NEED_ETCD();
-    char dead[64];
-    snprintf(dead, sizeof dead, "http://127.0.0.1:%d", free_port());
-    const char *eps[] = {dead, "http://127.0.0.1:1", g_etcd.url};
-    etcd_client *c = NULL;
-    assert_int_equal(etcd_client_new(eps, 3, TIMEOUT_MS, &c), ERR_OK);
-    int64_t lease = 0, left = 0;
-    bool won = false;
-    buf v = BUF_INIT;
-    assert_int_equal(etcd_lease_grant(c, 30, &lease, NULL, NULL), ERR_OK);
-    assert_int_equal(etcd_campaign(c, S("georeg-test/multi/leader"), S("node-m"), lease, &won, &v,
-                                   NULL),
-                     ERR_OK);
-    assert_true(won);
-    /* the next calls start at the endpoint that answered */
-    assert_int_equal(etcd_lease_keepalive(c, lease, &left, NULL), ERR_OK);
-    assert_int_equal(etcd_get(c, S("georeg-test/multi/leader"), &v, NULL, NULL), ERR_OK);
-    assert_string_equal(v.ptr, "node-m");
-    assert_int_equal(etcd_lease_revoke(c, lease), ERR_OK);
-    etcd_client_free(c);
-
-    /* a first endpoint that drops SYNs (a listener whose accept queue is full) uses
-     * only its share of the deadline; the second then answers */
-    int bh = blackhole_start();
-    if (bh < 0) {
-        fprintf(stderr, "test_etcd: no black hole on this kernel; case not run\n");
-    } else {
-        char bh_url[64];
-        snprintf(bh_url, sizeof bh_url, "http://127.0.0.1:%d", bh);
-        const char *slow[] = {bh_url, g_etcd.url};
-        assert_int_equal(etcd_client_new(slow, 2, 4000, &c), ERR_OK);
-        assert_int_equal(etcd_get(c, S("georeg-test/multi/none"), &v, NULL, NULL), ERR_NOT_FOUND);
-        etcd_client_free(c);
-        blackhole_stop();
-    }
-
-    /* all endpoints dead: unavailable, promptly */
-    const char *none[] = {dead, "http://127.0.0.1:1"};
-    assert_int_equal(etcd_client_new(none, 2, TIMEOUT_MS, &c), ERR_OK);
-    uint64_t t0 = now_ms();
-    assert_int_equal(etcd_get(c, S("k"), &v, NULL, NULL), ERR_UNAVAILABLE);
-    assert_true(now_ms() - t0 < TIMEOUT_MS + HANG_SLACK_MS);
-    etcd_client_free(c);
-    buf_release(&v);
-}
-
 /* ---- hostile endpoints: a tiny HTTP server thread with canned answers ---- */
 
 enum mock_mode {
@@ -1066,6 +965,128 @@ test_hostile_endpoints(void **state)
     for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++)
         free(answers[i]);
     assert_true(atomic_load(&m.served) > 0);
+}
+
+/* ---- several endpoints ---- */
+
+/* a listener that never accepts, its queue filled so that further SYNs are dropped */
+static int bh_fds[4] = {-1, -1, -1, -1};
+
+static void
+blackhole_stop(void)
+{
+    for (size_t i = 0; i < 4; i++) {
+        if (bh_fds[i] >= 0)
+            close(bh_fds[i]);
+        bh_fds[i] = -1;
+    }
+}
+
+static int
+blackhole_start(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    bh_fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+    if (bh_fds[0] < 0 || bind(bh_fds[0], (struct sockaddr *)&a, sizeof a) != 0 ||
+        getsockname(bh_fds[0], (struct sockaddr *)&a, &len) != 0 || listen(bh_fds[0], 0) != 0)
+        goto fail;
+    /* backlog 0 holds one connection; fill it and leave a SYN hanging */
+    for (size_t i = 1; i < 4; i++) {
+        bh_fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (bh_fds[i] < 0)
+            goto fail;
+        if (connect(bh_fds[i], (struct sockaddr *)&a, sizeof a) != 0 && errno != EINPROGRESS)
+            goto fail;
+    }
+    sleep_ms(100);
+    /* is it really black? a probe must not connect within 300 ms */
+    int probe = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (probe < 0)
+        goto fail;
+    bool black = false;
+    if (connect(probe, (struct sockaddr *)&a, sizeof a) != 0 && errno == EINPROGRESS) {
+        struct pollfd p = {.fd = probe, .events = POLLOUT};
+        black = poll(&p, 1, 300) == 0;
+    }
+    close(probe);
+    if (!black)
+        goto fail;
+    return ntohs(a.sin_port);
+fail:
+    blackhole_stop();
+    return -1;
+}
+
+static void
+test_first_endpoint_dead(void **state)
+{
+    (void)state;
+    NEED_ETCD();
+    char dead[64];
+    snprintf(dead, sizeof dead, "http://127.0.0.1:%d", free_port());
+    const char *eps[] = {dead, "http://127.0.0.1:1", g_etcd.url};
+    etcd_client *c = NULL;
+    assert_int_equal(etcd_client_new(eps, 3, TIMEOUT_MS, &c), ERR_OK);
+    int64_t lease = 0, left = 0;
+    bool won = false;
+    buf v = BUF_INIT;
+    assert_int_equal(etcd_lease_grant(c, 30, &lease, NULL, NULL), ERR_OK);
+    assert_int_equal(etcd_campaign(c, S("georeg-test/multi/leader"), S("node-m"), lease, &won, &v,
+                                   NULL),
+                     ERR_OK);
+    assert_true(won);
+    /* the next calls start at the endpoint that answered */
+    assert_int_equal(etcd_lease_keepalive(c, lease, &left, NULL), ERR_OK);
+    assert_int_equal(etcd_get(c, S("georeg-test/multi/leader"), &v, NULL, NULL), ERR_OK);
+    assert_string_equal(v.ptr, "node-m");
+    assert_int_equal(etcd_lease_revoke(c, lease), ERR_OK);
+    etcd_client_free(c);
+
+    /* a first endpoint that drops SYNs (a listener whose accept queue is full) uses
+     * only its share of the deadline; the second then answers */
+    int bh = blackhole_start();
+    if (bh < 0) {
+        fprintf(stderr, "test_etcd: no black hole on this kernel; case not run\n");
+    } else {
+        char bh_url[64];
+        snprintf(bh_url, sizeof bh_url, "http://127.0.0.1:%d", bh);
+        const char *slow[] = {bh_url, g_etcd.url};
+        assert_int_equal(etcd_client_new(slow, 2, 4000, &c), ERR_OK);
+        assert_int_equal(etcd_get(c, S("georeg-test/multi/none"), &v, NULL, NULL), ERR_NOT_FOUND);
+        etcd_client_free(c);
+        blackhole_stop();
+    }
+
+    /* a first endpoint that takes the request and never answers fails that call
+     * (the request is not resent); the next call starts at the second */
+    struct mock m;
+    mock_start(&m);
+    atomic_store(&m.mode, MOCK_SILENT);
+    const char *silent[] = {m.url, g_etcd.url};
+    assert_int_equal(etcd_client_new(silent, 2, 1000, &c), ERR_OK);
+    assert_int_equal(etcd_get(c, S("georeg-test/multi/none"), &v, NULL, NULL), ERR_TIMEOUT);
+    assert_int_equal(etcd_get(c, S("georeg-test/multi/none"), &v, NULL, NULL), ERR_NOT_FOUND);
+    assert_int_equal(etcd_get(c, S("georeg-test/multi/none"), &v, NULL, NULL), ERR_NOT_FOUND);
+    etcd_client_free(c);
+    /* the same for one answering "no leader" */
+    atomic_store(&m.canned, "HTTP/1.1 503 X\r\nContent-Length: 46\r\nConnection: close\r\n\r\n"
+                            "{\"error\":\"no leader\",\"code\":14,\"message\":\"nl\"}");
+    atomic_store(&m.mode, MOCK_CANNED);
+    assert_int_equal(etcd_client_new(silent, 2, 1000, &c), ERR_OK);
+    assert_int_equal(etcd_get(c, S("georeg-test/multi/none"), &v, NULL, NULL), ERR_UNAVAILABLE);
+    assert_int_equal(etcd_get(c, S("georeg-test/multi/none"), &v, NULL, NULL), ERR_NOT_FOUND);
+    etcd_client_free(c);
+    mock_stop(&m);
+
+    /* all endpoints dead: unavailable, promptly */
+    const char *none[] = {dead, "http://127.0.0.1:1"};
+    assert_int_equal(etcd_client_new(none, 2, TIMEOUT_MS, &c), ERR_OK);
+    uint64_t t0 = now_ms();
+    assert_int_equal(etcd_get(c, S("k"), &v, NULL, NULL), ERR_UNAVAILABLE);
+    assert_true(now_ms() - t0 < TIMEOUT_MS + HANG_SLACK_MS);
+    etcd_client_free(c);
+    buf_release(&v);
 }
 
 static void
