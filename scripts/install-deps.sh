@@ -6,7 +6,7 @@ set -euo pipefail
 BUILD_PKGS="build-essential pkg-config libuv1-dev node-llhttp librocksdb-dev libnng-dev
   libprotobuf-c-dev protobuf-c-compiler libssl-dev libjansson-dev libyaml-dev
   libcurl4-openssl-dev libcmocka-dev"
-TEST_PKGS="python3 python3-pytest skopeo curl openssl containerd runc"
+TEST_PKGS="python3 python3-pytest skopeo curl openssl containerd runc etcd-server"
 BENCH_PKGS="docker-registry nginx-light wrk"
 FUZZ_PKGS="clang libclang-rt-14-dev"
 
