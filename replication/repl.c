@@ -565,6 +565,86 @@ repl_start(repl *r)
     return ERR_OK;
 }
 
+/* Closing the sockets happens on a thread of its own, waited for a bounded time:
+ * nng 1.5's nng_close waits for every pipe to be torn down, and a TLS pipe over a
+ * link that swallows packets was seen to keep it waiting for minutes. Shutdown
+ * must finish within the drain timeout, so after REPL_CLOSE_TIMEOUT_MS the node
+ * goes on exiting and leaves that thread (and the repl, which nng's callbacks may
+ * still reach) to the process's end. */
+#define REPL_CLOSE_TIMEOUT_MS 3000
+
+struct closer {
+    nng_socket socks[CLOSE_MAX_SOCKS];
+    size_t n;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+};
+
+static void *
+close_main(void *arg)
+{
+    struct closer *c = arg;
+    for (size_t i = 0; i < c->n; i++)
+        nng_close(c->socks[i]);
+    pthread_mutex_lock(&c->mu);
+    c->done = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    return NULL;
+}
+
+static void
+close_sockets(repl *r)
+{
+    struct closer *c = calloc(1, sizeof *c);
+    if (!c) {
+        for (size_t i = 0; i < r->nreplicas; i++)
+            if (r->replicas[i].sock_open)
+                nng_close(r->replicas[i].sock);
+        if (r->rsock_open)
+            nng_close(r->rsock);
+        goto out;
+    }
+    for (size_t i = 0; i < r->nreplicas && c->n < CLOSE_MAX_SOCKS - 1; i++)
+        if (r->replicas[i].sock_open)
+            c->socks[c->n++] = r->replicas[i].sock;
+    if (r->rsock_open)
+        c->socks[c->n++] = r->rsock;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    pthread_t t;
+    if (pthread_create(&t, NULL, close_main, c) != 0) {
+        close_main(c);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += REPL_CLOSE_TIMEOUT_MS / 1000;
+        pthread_mutex_lock(&c->mu);
+        while (!c->done)
+            if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) != 0)
+                break;
+        bool done = c->done;
+        pthread_mutex_unlock(&c->mu);
+        if (!done) {
+            log_warn("REPL-CLOSE-STUCK", "sockets=%zu timeout_ms=%d msg=\"nng did not close its "
+                     "connections in time; exiting without waiting\"",
+                     c->n, REPL_CLOSE_TIMEOUT_MS);
+            pthread_detach(t);
+            r->close_stuck = true;
+            goto out; /* c stays with the thread */
+        }
+        pthread_join(t, NULL);
+    }
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c);
+out:
+    for (size_t i = 0; i < r->nreplicas; i++)
+        r->replicas[i].sock_open = false;
+    r->rsock_open = false;
+}
+
 void
 repl_stop(repl *r)
 {
@@ -588,17 +668,7 @@ repl_stop(repl *r)
         pthread_join(r->rthread, NULL);
         r->rthread_started = false;
     }
-    for (size_t i = 0; i < r->nreplicas; i++) {
-        struct replica *rp = &r->replicas[i];
-        if (rp->sock_open) {
-            nng_close(rp->sock);
-            rp->sock_open = false;
-        }
-    }
-    if (r->rsock_open) {
-        nng_close(r->rsock);
-        r->rsock_open = false;
-    }
+    close_sockets(r);
     if (r->nreplicas)
         store_set_commit_hook(r->store, NULL, NULL);
 }
@@ -609,6 +679,8 @@ repl_free(repl *r)
     if (!r)
         return;
     repl_stop(r);
+    if (r->close_stuck)
+        return; /* nng may still call into it: it lives until the process ends */
     for (size_t i = 0; i < r->nreplicas; i++) {
         struct replica *rp = &r->replicas[i];
         globs_free(&rp->filter.include);

@@ -16,6 +16,7 @@
 #define REPL_MAX_MSG (16u << 20)
 #define REPL_KNOWN_BLOBS 4096 /* digests known present on a replica (a cache) */
 #define RECV_MAX_PEERS 8      /* connections a receiver holds at once */
+#define CLOSE_MAX_SOCKS 64    /* sockets closed at shutdown (replicas and listener) */
 
 typedef Georeg__Repl__Envelope envelope;
 
@@ -192,6 +193,7 @@ struct repl {
     _Atomic uint64_t epoch;
     _Atomic bool demoted; /* a higher epoch was seen: stop accepting writes */
     _Atomic bool stopping;
+    bool close_stuck;     /* repl_stop gave up waiting for nng_close */
     _Atomic uint64_t stale_epoch_rejects;
     _Atomic uint64_t forged_rejects;
 
