@@ -240,6 +240,9 @@ static const struct key keys[] = {
     {"replication.epoch", K_INT, F(repl_min_epoch)},
     {"replication.max_staleness", K_DUR, F(repl_max_staleness_ms)},
     {"cluster.initial_primary", K_STR, F(initial_primary)},
+    {"cluster.etcd.endpoints", K_LIST, F(etcd_endpoints)},
+    {"cluster.etcd.ttl", K_DUR, F(etcd_ttl_ms)},
+    {"cluster.etcd.prefix", K_STR, F(etcd_prefix)},
     {"replication.sync.replicas", K_LIST, F(sync_names)}, /* a count, or names: see cfg_load */
     {"replication.sync.timeout", K_DUR, F(sync_timeout_ms)},
     {"replication.sync.max_waiters", K_INT, F(sync_max_waiters)},
@@ -539,6 +542,8 @@ cfg_defaults(struct cfg *c)
     c->repl_log_retention = 1000000;
     c->repl_heartbeat_ms = 1000;
     c->repl_max_staleness_ms = 30000;
+    c->etcd_ttl_ms = 5000;
+    str_copy(c->etcd_prefix, sizeof c->etcd_prefix, "/georeg");
     c->sync_timeout_ms = 2000;
     c->admin_enabled = true;
     c->http_enabled = true;
@@ -562,6 +567,7 @@ cfg_release(struct cfg *c)
     }
     list_clear(&c->anonymous_pull);
     list_clear(&c->repl_primaries);
+    list_clear(&c->etcd_endpoints);
     list_clear(&c->sync_names);
     list_clear(&c->http_allow);
     list_clear(&c->private_allow);

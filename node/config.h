@@ -90,6 +90,9 @@ struct cfg {
     struct cfg_replica regions[CFG_MAX_REPLICAS];
     size_t nregions;
     char initial_primary[64];
+    struct cfg_globs etcd_endpoints; /* cluster.etcd.endpoints: automatic failover */
+    uint64_t etcd_ttl_ms;
+    char etcd_prefix[128];
     /* replication.sync: {replicas: N | [names], timeout, max_waiters} */
     unsigned sync_replicas;       /* acks needed (replicas: N); 0 with no names: off */
     struct cfg_globs sync_names;  /* replicas: [names]: every one must ack */

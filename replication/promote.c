@@ -179,6 +179,14 @@ add_reason(buf *reasons, const char *fmt, ...)
 err
 repl_promote(repl *r, bool force, buf *out)
 {
+    return repl_promote_as(r, force ? PROMOTE_FORCE : PROMOTE_ASK, out);
+}
+
+err
+repl_promote_as(repl *r, enum promote_mode mode, buf *out)
+{
+    bool force = mode == PROMOTE_FORCE;
+    bool eligible_ahead = false;
     err res = ERR_DENIED;
     buf reasons = BUF_INIT, regions = BUF_INIT;
     struct probe *ps = NULL;
@@ -252,17 +260,24 @@ repl_promote(repl *r, bool force, buf *out)
             pthread_mutex_unlock(&r->hmu);
             /* what it holds that we do not: beyond the fork on its side */
             ahead = p->applied > fork ? p->applied - fork : 0;
-            if (p->is_primary && p->epoch >= atomic_load(&r->epoch))
-                add_reason(&reasons, "%s answers as the primary at epoch %llu: fence it "
-                                     "first (georeg fence) or use --force",
-                           p->rp->name, (unsigned long long)p->epoch);
-            else if (ahead)
+            if (p->is_primary && p->epoch >= atomic_load(&r->epoch)) {
+                /* elected through etcd: its lease lapsed, so it stopped taking writes */
+                if (mode != PROMOTE_ELECTED)
+                    add_reason(&reasons, "%s answers as the primary at epoch %llu: fence it "
+                                         "first (georeg fence) or use --force",
+                               p->rp->name, (unsigned long long)p->epoch);
+            } else if (ahead && mode == PROMOTE_ELECTED &&
+                       (p->filtered || !repl_may_be_primary(r, p->rp->name))) {
+                /* no better candidate: what only it holds is lost (reported there) */
+            } else if (ahead)
                 add_reason(&reasons, p->filtered || !repl_may_be_primary(r, p->rp->name)
                                          ? "%s holds %llu events this node lacks (it may not "
                                            "be primary itself): --force to lose them"
                                          : "%s holds %llu events this node lacks: promote it "
                                            "instead, or --force to lose them",
                            p->rp->name, (unsigned long long)ahead);
+            if (ahead && !p->filtered && repl_may_be_primary(r, p->rp->name))
+                eligible_ahead = true;
             lose_total += ahead;
         }
         buf_addf(&regions, "%s{\"name\":", i ? "," : "");
@@ -281,6 +296,7 @@ repl_promote(repl *r, bool force, buf *out)
     }
     if (reasons.len && !force)
         goto report;
+    (void)eligible_ahead;
 
     uint64_t epoch = max_epoch + 1;
     if (store_role_align(r->store)) {

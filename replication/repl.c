@@ -387,6 +387,9 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     }
     if ((e = sync_init(r, &o->sync)))
         goto fail;
+    if ((e = failover_new(r, o->etcd_endpoints, o->netcd_endpoints, o->etcd_ttl_ms,
+                          o->etcd_prefix)))
+        goto fail;
     *out = r;
     return ERR_OK;
 fail:
@@ -553,6 +556,8 @@ repl_start(repl *r)
     if (r->primary)
         log_info("REPL-PRIMARY", "replicas=%zu epoch=%llu", r->nreplicas,
                  (unsigned long long)atomic_load(&r->epoch));
+    if ((e = failover_start(r)))
+        return e;
     if (r->primary && !r->cluster)
         return ERR_OK;
     /* a secondary follows its primary; in a cluster a primary listens too: a newer
@@ -654,6 +659,7 @@ repl_stop(repl *r)
     pthread_mutex_lock(&r->wake_mu);
     pthread_cond_broadcast(&r->wake_cv);
     pthread_mutex_unlock(&r->wake_mu);
+    failover_stop(r);
     /* Every thread sees `stopping` within one bounded wait (a receive timeout of at
      * most 200 ms, a send timeout of 2 s); sockets are closed only once their
      * threads are gone, so no call is left blocked inside nng_close. */
@@ -681,6 +687,7 @@ repl_free(repl *r)
     repl_stop(r);
     if (r->close_stuck)
         return; /* nng may still call into it: it lives until the process ends */
+    failover_free(r);
     for (size_t i = 0; i < r->nreplicas; i++) {
         struct replica *rp = &r->replicas[i];
         globs_free(&rp->filter.include);
@@ -713,11 +720,14 @@ repl_is_primary(repl *r)
 bool
 repl_writable(repl *r, char *url, size_t n)
 {
-    if (r->primary && !atomic_load(&r->demoted) && !atomic_load(&r->confirming))
+    bool lease = failover_lease_ok(r);
+    if (r->primary && !atomic_load(&r->demoted) && !atomic_load(&r->confirming) && lease)
         return true;
     if (url) {
         pthread_mutex_lock(&r->smu);
-        if (r->primary && atomic_load(&r->demoted))
+        if (r->primary && !lease)
+            snprintf(url, n, "(this primary does not hold the etcd lease: not taking writes)");
+        else if (r->primary && atomic_load(&r->demoted))
             snprintf(url, n, "(fenced at epoch %llu: this primary does not take writes)",
                      (unsigned long long)atomic_load(&r->epoch));
         else if (r->primary)
@@ -758,6 +768,8 @@ repl_ready(repl *r, const char **why)
             *why = "fenced: this primary does not take writes";
         else if (atomic_load(&r->confirming))
             *why = "confirming its epoch with the cluster";
+        else if (!failover_lease_ok(r))
+            *why = "no etcd lease: another node may be primary";
         return !**why;
     }
     pthread_mutex_lock(&r->smu);
@@ -998,6 +1010,7 @@ repl_status_json(repl *r, buf *b)
     bool ready = repl_ready(r, &nr);
     buf_addf(b, ",\"ready\":%s,\"not_ready_reason\":", ready ? "true" : "false");
     buf_add_json_str(b, nr, strlen(nr));
+    failover_json(r, b);
     json_time(b, "now", now);
     sync_json(r, b);
     if (r->primary) {
@@ -1142,6 +1155,7 @@ repl_metrics(repl *r, buf *b)
                 "# TYPE georeg_repl_history_conflicts_total counter\n"
                 "georeg_repl_history_conflicts_total %llu\n",
              (unsigned long long)atomic_load(&r->history_conflicts));
+    failover_metrics(r, b);
     sync_metrics(r, b);
     if (!r->primary) {
         uint64_t applied = store_applied_seq(r->store);

@@ -98,6 +98,11 @@ struct repl_options {
     const struct repl_region *regions;
     size_t nregions;
     const char *initial_primary;
+    /* cluster.etcd: automatic failover (no endpoints: off) */
+    const char *const *etcd_endpoints;
+    size_t netcd_endpoints;
+    uint64_t etcd_ttl_ms;
+    const char *etcd_prefix;
     bool primary;
     const char *listen;      /* secondary: where the primary connects */
     const char *public_url;  /* primary: HTTP URL clients push to (sent to secondaries) */

@@ -194,6 +194,7 @@ struct repl {
     _Atomic bool demoted; /* a higher epoch was seen: stop accepting writes */
     _Atomic bool stopping;
     bool close_stuck;     /* repl_stop gave up waiting for nng_close */
+    struct failover *fo;  /* automatic failover through etcd (NULL: off) */
     _Atomic uint64_t stale_epoch_rejects;
     _Atomic uint64_t forged_rejects;
 
@@ -299,6 +300,26 @@ void repl_demote(repl *r, const char *why);
 void repl_become_primary(repl *r);
 /* repl_check_confirmed ends `confirming` once a majority follows at our epoch. */
 void repl_check_confirmed(repl *r);
+
+/* promote.c: ASK refuses on any reason, ELECTED (won the etcd key) promotes over a
+ * primary whose lease lapsed and over regions ahead that may not be primary, FORCE
+ * over everything but a filtered or ineligible self. */
+enum promote_mode { PROMOTE_ASK, PROMOTE_ELECTED, PROMOTE_FORCE };
+err repl_promote_as(repl *r, enum promote_mode mode, buf *out);
+
+/* failover.c: automatic failover through etcd */
+struct failover;
+/* failover_new sets up etcd failover (n endpoints; none: off). ERR_CONFIG. */
+err failover_new(repl *r, const char *const *endpoints, size_t n, uint64_t ttl_ms,
+                 const char *prefix);
+void failover_free(repl *r);
+/* failover_start starts the etcd thread (cluster.etcd configured); ERR_CONFIG. */
+err failover_start(repl *r);
+void failover_stop(repl *r);
+/* failover_lease_ok: no etcd, or this primary holds the key under a live lease. */
+bool failover_lease_ok(repl *r);
+void failover_json(repl *r, buf *b);
+void failover_metrics(repl *r, buf *b);
 
 /* divergence.c */
 /* divergence_begin keeps a report of this node's log beyond fork_seq (before a
