@@ -1,6 +1,7 @@
 /* The stderr log sink. One write(2) per line so lines from several threads never
  * interleave. */
 #include "log.h"
+#include "clock.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,15 +37,15 @@ void
 log_write(int level, const char *event, const char *fmt, ...)
 {
     char line[2048];
-    struct timespec ts;
     struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
+    uint64_t now = clock_wall_ms();
+    time_t sec = (time_t)(now / 1000);
+    gmtime_r(&sec, &tm);
     if (level < 0 || level > LOG_DEBUG)
         level = LOG_ERROR;
     int n = snprintf(line, sizeof line, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s event=%s ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, log_names[level], event);
+                     tm.tm_sec, (long)(now % 1000), log_names[level], event);
     if (n < 0)
         return;
     if ((size_t)n < sizeof line) {

@@ -1,4 +1,5 @@
 /* Node lifecycle: open the store, bind HTTP, serve until a signal, drain, close. */
+#include "../common/clock.h"
 #include "node.h"
 
 #include <malloc.h>
@@ -11,13 +12,6 @@
 #include "../replication/repl.h"
 #include "../common/banned.h"
 
-static uint64_t
-wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static void
 globs_of(const struct cfg_globs *g, const char **out, size_t *n)
@@ -182,7 +176,7 @@ node_open(const struct cfg *cfg, struct node **out)
     if (!n)
         return ERR_NOMEM;
     n->cfg = cfg;
-    n->started_ms = wall_ms();
+    n->started_ms = clock_wall_ms();
     pthread_mutex_init(&n->audit_mu, NULL);
     pthread_mutex_init(&n->audit_flush_mu, NULL);
     buf_init(&n->audit_queue);
@@ -297,7 +291,7 @@ housekeeping_work(uv_work_t *w)
     struct node *n = w->data;
     static _Thread_local uint64_t last_purge;
     (void)store_resume(n->store); /* after a full disk: reopen once space is back */
-    uint64_t now = (uint64_t)time(NULL);
+    uint64_t now = clock_wall_s();
     /* idle sessions go after storage.upload_idle_timeout (looked at every quarter of
      * it, at most hourly), any session after storage.upload_max_age */
     uint64_t max_age = n->cfg->upload_max_age_s;

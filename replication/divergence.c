@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include "../common/clock.h"
 #include "repl_int.h"
 #include "../common/log.h"
 #include "../common/banned.h"
@@ -155,7 +156,7 @@ divergence_begin(repl *r, uint64_t fork_seq, uint64_t new_epoch, const char *pri
         if (from > upto)
             break;
     }
-    uint64_t id = repl_now_ms();
+    uint64_t id = clock_wall_ms();
     uint64_t ids[MAX_REPORTS + 1];
     size_t n = 0;
     err e = index_ids(r, ids, &n);
@@ -163,7 +164,7 @@ divergence_begin(repl *r, uint64_t fork_seq, uint64_t new_epoch, const char *pri
         id = ids[n - 1] + 1;
     json_t *doc = json_object();
     json_object_set_new(doc, "id", json_integer((json_int_t)id));
-    json_object_set_new(doc, "detected_ms", json_integer((json_int_t)repl_now_ms()));
+    json_object_set_new(doc, "detected_ms", json_integer((json_int_t)clock_wall_ms()));
     json_object_set_new(doc, "fork_seq", json_integer((json_int_t)fork_seq));
     json_object_set_new(doc, "head_seq", json_integer((json_int_t)upto));
     json_object_set_new(doc, "lost_events", json_integer((json_int_t)(upto - fork_seq)));
@@ -374,7 +375,7 @@ repl_conflict_resolve(repl *r, uint64_t report, uint64_t n, const char *how)
     err e = ERR_NOT_FOUND;
     if (hit) {
         json_object_set_new(hit, "status", json_string(how));
-        json_object_set_new(hit, "resolved_ms", json_integer((json_int_t)repl_now_ms()));
+        json_object_set_new(hit, "resolved_ms", json_integer((json_int_t)clock_wall_ms()));
         e = report_put(r, report, doc);
     }
     json_decref(doc);

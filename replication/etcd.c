@@ -2,6 +2,7 @@
  * handle, with one deadline per call, endpoint fallback before a request is sent,
  * bounded response bodies and strict parsing of what comes back (int64 as decimal
  * strings, bytes as standard base64). */
+#include "../common/clock.h"
 #include "etcd.h"
 
 #include <curl/curl.h>
@@ -23,21 +24,13 @@ struct etcd_client {
     size_t cur;  /* the endpoint that answered last: the next call starts there */
     bool rotate; /* cur failed after the request went out: the next call starts after it */
     uint64_t timeout_ms;
-    uint64_t call_start_ms; /* etcd_now_ms() when the last call began, before it sent */
+    uint64_t call_start_ms; /* clock_mono_ms() when the last call began, before it sent */
     buf url;
     buf req;
     buf resp;
     bool resp_over; /* the body passed ETCD_MAX_BODY */
 };
 
-uint64_t
-etcd_now_ms(void)
-{
-    struct timespec ts;
-    /* BOOTTIME keeps counting while the machine is suspended, as etcd's clock does */
-    clock_gettime(CLOCK_BOOTTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 /* ---- base64 (standard alphabet, padded: what Go's encoding/json writes) ---- */
 
@@ -304,7 +297,7 @@ static err
 call(etcd_client *c, const char *path, json_t **root)
 {
     *root = NULL;
-    c->call_start_ms = etcd_now_ms();
+    c->call_start_ms = clock_mono_ms();
     if (c->rotate) {
         c->cur = (c->cur + 1) % c->n;
         c->rotate = false;
@@ -315,7 +308,7 @@ call(etcd_client *c, const char *path, json_t **root)
     bool sent = false;
     for (size_t tried = 0; tried < c->n; tried++) {
         size_t ep = (c->cur + tried) % c->n;
-        uint64_t now = etcd_now_ms();
+        uint64_t now = clock_mono_ms();
         if (now >= deadline)
             break;
         uint64_t left = deadline - now;

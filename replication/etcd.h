@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/clock.h"
 #include "../common/buf.h"
 #include "../common/err.h"
 
@@ -56,15 +57,13 @@ err etcd_client_new(const char *const *endpoints, size_t n, uint64_t timeout_ms,
 /* etcd_client_free frees c and closes its connections; NULL is a no-op. */
 void etcd_client_free(etcd_client *c);
 
-/* etcd_now_ms is the clock lease deadlines are given in: CLOCK_BOOTTIME in
- * milliseconds (monotonic, and it goes on counting while the machine is suspended,
- * as the etcd members' clocks do). */
-uint64_t etcd_now_ms(void);
+/* Lease deadlines are on clock_mono_ms() (common/clock.h): monotonic, and it goes on
+ * counting while the machine is suspended, as the etcd members' clocks do. */
 
 /* etcd_lease_grant asks for a lease of ttl_s seconds (1..1000000) (LeaseGrant,
  * /v3/lease/grant). *lease_id gets its id; granted_ttl, when not NULL, the TTL etcd
  * granted (etcd raises a TTL below its minimum); valid_until_ms, when not NULL, the
- * etcd_now_ms() before which etcd cannot expire the lease: the clock read before
+ * clock_mono_ms() before which etcd cannot expire the lease: the clock read before
  * the request was sent plus the granted TTL (etcd starts the TTL later, when it
  * handles the request). A holder subtracts a margin for clock-rate drift. */
 err etcd_lease_grant(etcd_client *c, int64_t ttl_s, int64_t *lease_id, int64_t *granted_ttl,

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/clock.h"
 #include "etcd.h"
 #include "repl_int.h"
 #include "../common/log.h"
@@ -46,7 +47,7 @@ set_holder(struct failover *f, slice v)
 static void
 drop_lease(struct failover *f)
 {
-    if (f->lease && etcd_lease_revoke(f->c, f->lease) && f->lease_until > etcd_now_ms())
+    if (f->lease && etcd_lease_revoke(f->c, f->lease) && f->lease_until > clock_mono_ms())
         atomic_fetch_add(&f->errors, 1);
     f->lease = 0;
     f->lease_until = 0;
@@ -76,7 +77,7 @@ ensure_lease(struct failover *f)
             f->lease_until = 0;
         } else if (e) {
             atomic_fetch_add(&f->errors, 1);
-            return f->lease_until > etcd_now_ms(); /* the old deadline still holds */
+            return f->lease_until > clock_mono_ms(); /* the old deadline still holds */
         } else {
             f->lease_until = deadline(f, until);
             return true;
@@ -289,7 +290,7 @@ bool
 failover_lease_ok(repl *r)
 {
     struct failover *f = r->fo;
-    return !f || atomic_load(&f->valid_until) > etcd_now_ms();
+    return !f || atomic_load(&f->valid_until) > clock_mono_ms();
 }
 
 void
@@ -300,7 +301,7 @@ failover_json(repl *r, buf *b)
         buf_adds(b, ",\"etcd\":null");
         return;
     }
-    uint64_t now = etcd_now_ms(), v = atomic_load(&f->valid_until);
+    uint64_t now = clock_mono_ms(), v = atomic_load(&f->valid_until);
     char holder[128];
     pthread_mutex_lock(&f->mu);
     str_copy(holder, sizeof holder, f->holder);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "repl_int.h"
 #include "../common/log.h"
 #include "../common/banned.h"
@@ -478,7 +479,7 @@ repl_history_add_own(repl *r, uint64_t epoch, uint64_t start_seq)
     buf_init(&rec.sig);
     rec.epoch = epoch;
     rec.start_seq = start_seq;
-    rec.time_ms = repl_now_ms();
+    rec.time_ms = clock_wall_ms();
     str_copy(rec.node, sizeof rec.node, r->node_name);
     err e = wire_record_sign(r, &rec);
     if (!e) {

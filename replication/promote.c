@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../common/clock.h"
 #include "repl_int.h"
 #include "../common/log.h"
 #include "../common/banned.h"
@@ -35,8 +36,8 @@ static err
 probe_recv(struct probe *p, nng_socket s, Georeg__Repl__Envelope__BodyCase want,
            envelope **out)
 {
-    uint64_t deadline = repl_now_ms() + PROBE_TIMEOUT_MS;
-    while (repl_now_ms() < deadline) {
+    uint64_t deadline = clock_wall_ms() + PROBE_TIMEOUT_MS;
+    while (clock_wall_ms() < deadline) {
         envelope *env = NULL;
         err e = wire_recv(p->r, s, 200, &env, NULL, NULL, NULL);
         if (e == ERR_TIMEOUT)

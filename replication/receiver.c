@@ -9,6 +9,7 @@
 
 #include <openssl/rand.h>
 
+#include "../common/clock.h"
 #include "repl_int.h"
 #include "../common/digest.h"
 #include "../common/log.h"
@@ -42,10 +43,9 @@ struct recv {
     char done[DIGEST_MAX];
     char error[256];
     uint32_t pipe;          /* the pipe of the message being handled */
-    /* Several nodes may be connected at once (a polyamorous socket): the primary,
-     * a replaced primary that has not learned it yet, a candidate asking where this
-     * node is. Each pipe proves itself; commands are taken from one: the proven
-     * primary of the newest epoch (auth_*). */
+    /* Each connection proves itself (a primary, a replaced primary that has not
+     * learned it yet, a candidate asking where this node is); commands are taken
+     * from one: the proven primary of the newest epoch (auth_*). */
     struct peer peers[RECV_MAX_PEERS];
     uint32_t auth_pipe;
     char auth_name[64];
@@ -109,7 +109,7 @@ on_chunk(struct recv *rc, const Georeg__Repl__BlobChunk *c)
         }
         str_copy(rc->in.digest, sizeof rc->in.digest, c->digest);
         rc->in.size = c->size;
-        rc->in.started_ms = repl_now_ms();
+        rc->in.started_ms = clock_wall_ms();
     }
     /* the bytes come as the message's payload (or, from an older sender, inline) */
     slice data = rc->payload.len ? rc->payload : (slice){(const char *)c->data.data, c->data.len};
@@ -150,7 +150,7 @@ on_chunk(struct recv *rc, const Georeg__Repl__BlobChunk *c)
         log_warn("REPL-BLOB-REJECTED", "digest=%s error=%s", c->digest, err_name(e));
     } else {
         str_copy(rc->done, sizeof rc->done, c->digest);
-        uint64_t ms = repl_now_ms() - rc->in.started_ms;
+        uint64_t ms = clock_wall_ms() - rc->in.started_ms;
         log_debug("REPL-BLOB-RECEIVED", "digest=%s size=%llu ms=%llu", c->digest,
                   (unsigned long long)c->size, (unsigned long long)ms);
     }
@@ -312,7 +312,7 @@ reply(struct recv *rc, Georeg__Repl__Ack *ack, uint64_t msg_id)
     pthread_mutex_lock(&r->smu);
     ack->resyncing = r->resyncing;
     if (ack->applied_seq >= r->primary_head)
-        r->caught_up_ms = repl_now_ms();
+        r->caught_up_ms = clock_wall_ms();
     if (rc->error[0])
         str_copy(r->apply_error, sizeof r->apply_error, rc->error);
     pthread_mutex_unlock(&r->smu);
@@ -470,7 +470,7 @@ authenticate(struct recv *rc, const envelope *env)
     repl *r = rc->r;
     Georeg__Repl__Ack ack = GEOREG__REPL__ACK__INIT;
     struct peer *pe = peer_of(rc, rc->pipe);
-    pe->last_ms = repl_now_ms();
+    pe->last_ms = clock_wall_ms();
     if (rc->auth_pipe == rc->pipe) {
         rc->auth_pipe = 0; /* a new hello or proof starts over */
         atomic_store(&r->rpipe_id, 0);
@@ -596,7 +596,7 @@ handle(struct recv *rc, envelope *env)
         return;
     }
     pthread_mutex_lock(&r->smu);
-    r->last_contact_ms = repl_now_ms();
+    r->last_contact_ms = clock_wall_ms();
     str_copy(r->primary_name, sizeof r->primary_name, env->sender);
     bool resyncing = r->resyncing;
     pthread_mutex_unlock(&r->smu);
@@ -770,7 +770,7 @@ receiver_main(void *arg)
         if (e == ERR_TIMEOUT) {
             poll_tls_refusals(r);
             uint64_t applied = store_applied_seq(r->store);
-            uint64_t now = repl_now_ms();
+            uint64_t now = clock_wall_ms();
             uint64_t silent_limit = r->heartbeat_ms * 4 < 4000 ? 4000 : r->heartbeat_ms * 4;
             pthread_mutex_lock(&r->smu);
             bool silent = r->last_contact_ms && now - r->last_contact_ms > silent_limit;

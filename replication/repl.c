@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "repl_int.h"
 #include "../common/log.h"
 #include "../common/ref.h"
@@ -191,7 +192,7 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     r->log_retention = o->log_retention ? o->log_retention : 1000000;
     r->heartbeat_ms = o->heartbeat_ms ? o->heartbeat_ms : 1000;
     r->max_staleness_ms = o->max_staleness_ms;
-    r->started_ms = repl_now_ms();
+    r->started_ms = clock_wall_ms();
     pthread_mutex_init(&r->wake_mu, NULL);
     pthread_cond_init(&r->wake_cv, NULL);
     pthread_mutex_init(&r->smu, NULL);
@@ -430,30 +431,47 @@ on_replica_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
     pthread_mutex_unlock(&r->wake_mu);
 }
 
-/* on_receiver_pipe: the listener is polyamorous (the primary, a replaced primary
- * that has not learned it yet, a candidate probing); it holds at most
- * RECV_MAX_PEERS connections and refuses more. Which pipe is followed is the
- * receiver's decision (after a proof), never a callback's: a new connection does not
- * knock the followed one off, and a pipe that goes away only clears rpipe_id when
- * it is the followed one. */
+/* on_receiver_pipe: a secondary follows one primary over one connection (nng's
+ * pair1 holds one pipe; its polyamorous mode drops replies when a peer reads
+ * slowly, which acks cannot afford). A new connection replaces the current one
+ * unless that one is the proven primary this node follows and it was heard from
+ * recently: then the newcomer is refused. So two primaries (a replaced one that
+ * has not learned it yet, and the new one) cannot take the connection from each
+ * other; the replaced one learns from the new primary, which dials every region,
+ * and stops dialing. A followed connection that went silent (a partition) is
+ * replaced. */
 static void
 on_receiver_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     repl *r = arg;
     uint32_t pid = (uint32_t)nng_pipe_id(p);
     if (ev == NNG_PIPE_EV_ADD_PRE) {
-        if (atomic_load(&r->rpipes) >= RECV_MAX_PEERS) {
-            log_warn("REPL-PEERS-FULL", "pipe=%u max=%d", pid, RECV_MAX_PEERS);
-            nng_pipe_close(p);
+        uint32_t cur = atomic_load(&r->rcur_pipe);
+        if (!cur || cur == pid)
+            return;
+        uint32_t followed = atomic_load(&r->rpipe_id);
+        pthread_mutex_lock(&r->smu);
+        uint64_t contact = r->last_contact_ms;
+        pthread_mutex_unlock(&r->smu);
+        uint64_t silent = r->heartbeat_ms * 4 < 4000 ? 4000 : r->heartbeat_ms * 4;
+        if (followed == cur && contact && clock_wall_ms() - contact < silent) {
+            atomic_fetch_add(&r->rpipes_refused, 1);
+            nng_pipe_close(p); /* the followed primary is alive: keep it */
+            return;
         }
+        log_info("REPL-PRIMARY-REPLACED", "old_pipe=%u followed=%d", cur, followed == cur);
+        nng_pipe op = NNG_PIPE_INITIALIZER;
+        op.id = cur;
+        nng_pipe_close(op);
         return;
     }
     if (ev == NNG_PIPE_EV_ADD_POST) {
-        atomic_fetch_add(&r->rpipes, 1);
+        atomic_store(&r->rcur_pipe, pid);
         return;
     }
-    atomic_fetch_sub(&r->rpipes, 1);
     uint32_t expect = pid;
+    atomic_compare_exchange_strong(&r->rcur_pipe, &expect, 0);
+    expect = pid;
     atomic_compare_exchange_strong(&r->rpipe_id, &expect, 0);
 }
 
@@ -509,7 +527,7 @@ open_receiver_socket(repl *r)
 {
     int rv;
     nng_tls_config *tls = NULL;
-    if ((rv = nng_pair1_open_poly(&r->rsock)))
+    if ((rv = nng_pair1_open(&r->rsock)))
         goto nngfail;
     r->rsock_open = true;
     nng_socket_set_size(r->rsock, NNG_OPT_RECVMAXSZ, REPL_MAX_MSG + 4096);
@@ -622,9 +640,7 @@ close_sockets(repl *r)
     if (pthread_create(&t, NULL, close_main, c) != 0) {
         close_main(c);
     } else {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += REPL_CLOSE_TIMEOUT_MS / 1000;
+        struct timespec ts = clock_wall_deadline(REPL_CLOSE_TIMEOUT_MS);
         pthread_mutex_lock(&c->mu);
         while (!c->done)
             if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) != 0)
@@ -779,7 +795,7 @@ repl_ready(repl *r, const char **why)
         *why = "resyncing from the primary";
         return false;
     }
-    if (r->max_staleness_ms && staleness_ms(r, repl_now_ms()) > r->max_staleness_ms) {
+    if (r->max_staleness_ms && staleness_ms(r, clock_wall_ms()) > r->max_staleness_ms) {
         *why = "stale: not known to be current for longer than replication.max_staleness";
         return false;
     }
@@ -979,7 +995,7 @@ json_time(buf *b, const char *key, uint64_t ms)
 err
 repl_status_json(repl *r, buf *b)
 {
-    uint64_t now = repl_now_ms();
+    uint64_t now = clock_wall_ms();
     uint64_t head = store_log_head(r->store);
     buf_adds(b, "{\"node\":");
     buf_add_json_str(b, r->node_name, strlen(r->node_name));
@@ -1112,7 +1128,7 @@ void
 repl_metrics(repl *r, buf *b)
 {
     uint64_t head = store_log_head(r->store);
-    uint64_t now = repl_now_ms();
+    uint64_t now = clock_wall_ms();
     buf_addf(b, "# HELP georeg_repl_epoch current epoch\n# TYPE georeg_repl_epoch gauge\n"
                 "georeg_repl_epoch %llu\n",
              (unsigned long long)atomic_load(&r->epoch));

@@ -15,7 +15,7 @@
 #define REPL_PROTOCOL_VERSION 1
 #define REPL_MAX_MSG (16u << 20)
 #define REPL_KNOWN_BLOBS 4096 /* digests known present on a replica (a cache) */
-#define RECV_MAX_PEERS 8      /* connections a receiver holds at once */
+#define RECV_MAX_PEERS 8      /* pipes a receiver remembers proofs of */
 #define CLOSE_MAX_SOCKS 64    /* sockets closed at shutdown (replicas and listener) */
 
 typedef Georeg__Repl__Envelope envelope;
@@ -225,12 +225,12 @@ struct repl {
     uint64_t apply_errors;
     char apply_error[256];
     _Atomic uint32_t rpipe_id; /* the pipe of the primary this node follows (0: none) */
-    _Atomic uint32_t rpipes;   /* connections to the listener */
+    _Atomic uint32_t rcur_pipe;      /* the listener's one connection (0: none) */
+    _Atomic uint64_t rpipes_refused; /* connections refused while following a live one */
 
     struct sync_state sync; /* synchronous commits (sync.c) */
 };
 
-uint64_t repl_now_ms(void);
 
 /* wire.c */
 /* wire_tls_config: server mode uses tls_cert; client mode uses tls_client_cert (else

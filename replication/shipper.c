@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/clock.h"
 #include "repl_int.h"
 #include "../common/log.h"
 #include "../common/banned.h"
@@ -79,7 +80,7 @@ set_state(struct replica *rp, enum replica_state st)
 static void
 watch_dialer(struct replica *rp)
 {
-    uint64_t now = repl_now_ms();
+    uint64_t now = clock_wall_ms();
     if (!rp->down_since_ms) {
         rp->down_since_ms = now;
         return;
@@ -121,7 +122,7 @@ broken(struct ship *sh)
     pthread_mutex_lock(&rp->mu);
     uint64_t last = rp->last_contact_ms;
     pthread_mutex_unlock(&rp->mu);
-    if (last && repl_now_ms() - last > contact_timeout_ms(sh->r)) {
+    if (last && clock_wall_ms() - last > contact_timeout_ms(sh->r)) {
         /* silent peer (a partition that swallows packets): drop the pipe to redial */
         uint32_t id = atomic_load(&rp->pipe_id);
         if (id) {
@@ -138,7 +139,7 @@ broken(struct ship *sh)
 static void
 account_sent(struct replica *rp, size_t bytes)
 {
-    uint64_t now = repl_now_ms();
+    uint64_t now = clock_wall_ms();
     pthread_mutex_lock(&rp->mu);
     rp->bytes_sent += bytes;
     if (!rp->tp_last_ms) {
@@ -275,7 +276,7 @@ pump(struct ship *sh, int timeout_ms)
         return ERR_OK;
     }
     pthread_mutex_lock(&rp->mu);
-    rp->last_contact_ms = repl_now_ms();
+    rp->last_contact_ms = clock_wall_ms();
     pthread_mutex_unlock(&rp->mu);
     switch (env->body_case) {
     case GEOREG__REPL__ENVELOPE__BODY_ACK:
@@ -403,9 +404,9 @@ ensure_blob(struct ship *sh, const char *digest, uint64_t size)
     sh->have_reply = false;
     if (wait_window(sh) || send_env(sh, &env))
         return ERR_UNAVAILABLE;
-    uint64_t deadline = repl_now_ms() + QUERY_TIMEOUT_MS;
+    uint64_t deadline = clock_wall_ms() + QUERY_TIMEOUT_MS;
     while (!sh->have_reply) {
-        if (broken(sh) || repl_now_ms() > deadline)
+        if (broken(sh) || clock_wall_ms() > deadline)
             return ERR_UNAVAILABLE;
         pump(sh, 50);
     }
@@ -422,7 +423,7 @@ ensure_blob(struct ship *sh, const char *digest, uint64_t size)
         return e;
     }
     struct chunk_src src = {.b = &b};
-    uint64_t off = 0, t0 = repl_now_ms();
+    uint64_t off = 0, t0 = clock_wall_ms();
     do {
         size_t n = (size_t)(size - off < r->chunk_bytes ? size - off : r->chunk_bytes);
         Georeg__Repl__BlobChunk c = GEOREG__REPL__BLOB_CHUNK__INIT;
@@ -445,7 +446,7 @@ ensure_blob(struct ship *sh, const char *digest, uint64_t size)
     } while (off < size);
     store_blob_release(&b);
     log_debug("REPL-BLOB-SENT", "replica=%s digest=%s size=%llu ms=%llu", rp->name, digest,
-              (unsigned long long)size, (unsigned long long)(repl_now_ms() - t0));
+              (unsigned long long)size, (unsigned long long)(clock_wall_ms() - t0));
     if (!e)
         known_add(rp, digest);
     return e;
@@ -600,7 +601,7 @@ send_heartbeat(struct ship *sh)
     repl *r = sh->r;
     Georeg__Repl__Heartbeat hb = GEOREG__REPL__HEARTBEAT__INIT;
     hb.head_seq = store_log_head(r->store);
-    hb.time_ms = repl_now_ms();
+    hb.time_ms = clock_wall_ms();
     hb.primary_url = r->public_url;
     envelope env = GEOREG__REPL__ENVELOPE__INIT;
     env.body_case = GEOREG__REPL__ENVELOPE__BODY_HEARTBEAT;
@@ -623,10 +624,10 @@ prove(struct ship *sh)
     if (send_env(sh, &env))
         return ERR_UNAVAILABLE;
     uint64_t want = rp->next_msg_id;
-    uint64_t deadline = repl_now_ms() + HANDSHAKE_TIMEOUT_MS;
+    uint64_t deadline = clock_wall_ms() + HANDSHAKE_TIMEOUT_MS;
     for (;;) {
         if (atomic_load(&rp->pipe_gen) != sh->gen || atomic_load(&sh->r->stopping) ||
-            repl_now_ms() > deadline)
+            clock_wall_ms() > deadline)
             return ERR_UNAVAILABLE;
         pump(sh, 50);
         pthread_mutex_lock(&rp->mu);
@@ -672,7 +673,7 @@ prove(struct ship *sh)
     want = rp->next_msg_id;
     while (!e) {
         if (atomic_load(&rp->pipe_gen) != sh->gen || atomic_load(&sh->r->stopping) ||
-            repl_now_ms() > deadline) {
+            clock_wall_ms() > deadline) {
             e = ERR_UNAVAILABLE;
             break;
         }
@@ -712,8 +713,8 @@ handshake(struct ship *sh, uint64_t *applied)
     if (send_heartbeat(sh))
         return ERR_UNAVAILABLE;
     uint64_t want = rp->next_msg_id;
-    uint64_t deadline = repl_now_ms() + HANDSHAKE_TIMEOUT_MS;
-    while (repl_now_ms() < deadline && !atomic_load(&sh->r->stopping)) {
+    uint64_t deadline = clock_wall_ms() + HANDSHAKE_TIMEOUT_MS;
+    while (clock_wall_ms() < deadline && !atomic_load(&sh->r->stopping)) {
         if (atomic_load(&rp->pipe_gen) != sh->gen)
             return ERR_UNAVAILABLE;
         pump(sh, 100);
@@ -797,7 +798,7 @@ resync(struct ship *sh)
 
     Georeg__Repl__ResyncBegin rb = GEOREG__REPL__RESYNC_BEGIN__INIT;
     /* increasing per replica: the secondary refuses a resync not newer than its last */
-    uint64_t rid = repl_now_ms();
+    uint64_t rid = clock_wall_ms();
     rb.resync_id = rid > rp->last_resync_id ? rid : rp->last_resync_id + 1;
     rp->last_resync_id = rb.resync_id;
     pthread_mutex_lock(&rp->mu);
@@ -850,7 +851,7 @@ static void
 persist_cursor(struct ship *sh, bool force)
 {
     struct replica *rp = sh->rp;
-    uint64_t now = repl_now_ms();
+    uint64_t now = clock_wall_ms();
     if (!force && now - sh->last_persist_ms < 1000)
         return;
     pthread_mutex_lock(&rp->mu);
@@ -910,16 +911,12 @@ stream(struct ship *sh, uint64_t from)
             pump(sh, 20);
             continue;
         }
-        uint64_t now = repl_now_ms();
+        uint64_t now = clock_wall_ms();
         if (now - sh->last_hb_ms >= r->heartbeat_ms && send_heartbeat(sh))
             break;
         /* sleep until a commit, a pipe change or the next heartbeat */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
         uint64_t wait_ms = r->heartbeat_ms < 200 ? r->heartbeat_ms : 200;
-        ts.tv_nsec += (long)(wait_ms * 1000000);
-        ts.tv_sec += ts.tv_nsec / 1000000000;
-        ts.tv_nsec %= 1000000000;
+        struct timespec ts = clock_wall_deadline(wait_ms);
         pthread_mutex_lock(&r->wake_mu);
         /* wake_seq, not store_log_head(): the commit hook (on_commit) takes wake_mu
          * under the store's commit mutex, so taking the commit mutex here, under
@@ -971,9 +968,7 @@ shipper_main(void *arg)
             set_error(rp, "this node is not the primary");
             pthread_mutex_lock(&r->wake_mu);
             if (!atomic_load(&r->stopping) && !r->primary) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_sec += 1;
+                struct timespec ts = clock_wall_deadline(1000);
                 pthread_cond_timedwait(&r->wake_cv, &r->wake_mu, &ts);
             }
             pthread_mutex_unlock(&r->wake_mu);
@@ -993,9 +988,7 @@ shipper_main(void *arg)
             set_error(rp, "this node is fenced (operator): not shipping");
             pthread_mutex_lock(&r->wake_mu);
             if (!atomic_load(&r->stopping)) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_sec += 1;
+                struct timespec ts = clock_wall_deadline(1000);
                 pthread_cond_timedwait(&r->wake_cv, &r->wake_mu, &ts);
             }
             pthread_mutex_unlock(&r->wake_mu);
@@ -1004,11 +997,7 @@ shipper_main(void *arg)
         if (atomic_load(&rp->pipe_id) == 0) {
             set_state(rp, RS_UNREACHABLE);
             watch_dialer(rp);
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 200000000;
-            ts.tv_sec += ts.tv_nsec / 1000000000;
-            ts.tv_nsec %= 1000000000;
+            struct timespec ts = clock_wall_deadline(200);
             pthread_mutex_lock(&r->wake_mu);
             if (atomic_load(&rp->pipe_id) == 0 && !atomic_load(&r->stopping))
                 pthread_cond_timedwait(&r->wake_cv, &r->wake_mu, &ts);
@@ -1021,7 +1010,7 @@ shipper_main(void *arg)
         sh.go_back = false;
         sh.fail = ERR_OK;
         pthread_mutex_lock(&rp->mu);
-        rp->last_contact_ms = repl_now_ms(); /* a new pipe counts as contact */
+        rp->last_contact_ms = clock_wall_ms(); /* a new pipe counts as contact */
         rp->acked_msg_id = rp->next_msg_id;  /* whatever was in flight is gone */
         pthread_mutex_unlock(&rp->mu);
         if (rp->state == RS_UNREACHABLE)

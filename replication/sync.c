@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "repl_int.h"
 #include "../common/log.h"
 #include "../common/banned.h"
@@ -266,7 +267,7 @@ void
 repl_sync_arm(repl *r, repl_sync_waiter *w, uint64_t seq, repl_sync_wake_cb wake, void *arg)
 {
     struct sync_state *s = &r->sync;
-    uint64_t now = repl_now_ms();
+    uint64_t now = clock_wall_ms();
     pthread_mutex_lock(&s->mu);
     w->seq = seq;
     w->start_ms = now;
@@ -317,7 +318,7 @@ repl_sync_poll(repl *r, repl_sync_waiter *w, uint64_t *wait_ms, unsigned *replic
     struct sync_state *s = &r->sync;
     enum repl_sync_state st;
     bool degraded = false;
-    uint64_t now = repl_now_ms();
+    uint64_t now = clock_wall_ms();
     pthread_mutex_lock(&s->mu);
     if (w->done) {
         st = REPL_SYNC_DONE;
@@ -385,7 +386,7 @@ sync_on_ack(repl *r)
             atomic_store(&s->mode, SYNC_ON);
             s->restores++;
             restored = true;
-            degraded_ms = repl_now_ms() - s->degraded_since_ms;
+            degraded_ms = clock_wall_ms() - s->degraded_since_ms;
             s->degraded_since_ms = 0;
         }
     } else {

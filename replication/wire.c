@@ -16,13 +16,6 @@
 #include "../common/log.h"
 #include "../common/banned.h"
 
-uint64_t
-repl_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static char *
 read_file(const char *path)

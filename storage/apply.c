@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/clock.h"
 #include "store_int.h"
 #include "../common/log.h"
 #include "../common/banned.h"
@@ -551,7 +552,7 @@ store_audit_append(store *s, const slice *entries, size_t n)
         return ERR_OK;
     rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
     pthread_mutex_lock(&s->audit_mu);
-    uint64_t now = store_now_ms() * 1000;
+    uint64_t now = clock_wall_ms() * 1000;
     for (size_t i = 0; i < n; i++) {
         uint64_t t = now > s->audit_last_us ? now : s->audit_last_us + 1;
         s->audit_last_us = t;

@@ -1,5 +1,6 @@
 /* RocksDB and content-file implementation of the store. Keys, value encodings and
  * the file layout are private to this file (and upload.c through store_int.h). */
+#include "../common/clock.h"
 #include "store_int.h"
 
 #include <errno.h>
@@ -65,13 +66,6 @@ get_u64be(const char *p)
     return v;
 }
 
-uint64_t
-store_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* key2 builds "a\0b" and key3 "a\0b\0c" into k. */
 err
@@ -295,7 +289,7 @@ log_event_locked(store *s, rocksdb_writebatch_t *wb, struct store_event *ev, uin
 {
     buf enc = BUF_INIT;
     if (!ev->time_ms)
-        ev->time_ms = store_now_ms();
+        ev->time_ms = clock_wall_ms();
     err e = encode_event(&enc, ev);
     if (!e) {
         char k[8];
@@ -617,10 +611,8 @@ store_resume(store *s)
     }
     rocksdb_free(msg);
     /* still stopped (a failed WAL write is not recovered): reopen */
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += 2;
-    if (pthread_rwlock_clockwrlock(&s->db_lock, CLOCK_MONOTONIC, &until) != 0)
+    struct timespec until = clock_wall_deadline(2000);
+    if (pthread_rwlock_timedwrlock(&s->db_lock, &until) != 0)
         return false; /* readers all along; the next call tries again */
     bool ok = reopen_locked(s);
     if (ok) {
@@ -663,7 +655,7 @@ blob_record(buf *out, uint64_t size, const void *inline_bytes)
     hdr[0] = 1;
     hdr[1] = inline_bytes ? 1 : 0;
     put_u64le(hdr + 2, size);
-    put_u64le(hdr + 10, store_now_ms());
+    put_u64le(hdr + 10, clock_wall_ms());
     buf_reset(out);
     buf_add(out, hdr, sizeof hdr);
     if (inline_bytes)
@@ -768,7 +760,7 @@ static void
 put_repo(store *s, rocksdb_writebatch_t *wb, const char *repo)
 {
     char t[8];
-    put_u64le(t, store_now_ms());
+    put_u64le(t, clock_wall_ms());
     batch_put(s, wb, CF_REPOS, repo, strlen(repo), t, 8);
 }
 
@@ -782,7 +774,7 @@ link_blob_locked(store *s, rocksdb_writebatch_t *wb, const char *repo, const cha
     if (e)
         goto out;
     char t[8];
-    put_u64le(t, store_now_ms());
+    put_u64le(t, clock_wall_ms());
     batch_put(s, wb, CF_BLOB_LINKS, k.ptr, k.len, t, 8);
     put_repo(s, wb, repo);
     struct store_event ev = {.seq = seq,
@@ -887,7 +879,7 @@ stage_manifest_locked(store *s, rocksdb_writebatch_t *wb, const struct store_man
     uint64_t evseq = seq == SEQ_NOLOG ? 0 : seq ? seq : s->head + 1;
     buf_reset(&v);
     char t[16];
-    put_u64le(t, store_now_ms());
+    put_u64le(t, clock_wall_ms());
     put_u64le(t + 8, evseq);
     buf_add(&v, t, 16);
     if (m->subject)

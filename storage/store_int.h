@@ -112,7 +112,6 @@ struct store {
 
 void put_u64le(char *p, uint64_t v);
 uint64_t get_u64le(const char *p);
-uint64_t store_now_ms(void);
 err key2(buf *k, const char *a, const char *b);
 err rget(store *s, enum store_cf cf, unsigned flags, const char *k, size_t klen, buf *out);
 void batch_put(store *s, rocksdb_writebatch_t *wb, enum store_cf cf, const char *k, size_t klen,

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/clock.h"
 #include "store_int.h"
 #include "../common/log.h"
 #include "../common/banned.h"
@@ -119,11 +120,6 @@ session_count_locked(store *s, const char *owner)
         o->n++;
 }
 
-static uint64_t
-now_s(void)
-{
-    return (uint64_t)time(NULL);
-}
 
 static void
 upload_path(const store *s, const char *id, char *out, size_t n)
@@ -359,7 +355,7 @@ store_upload_create_for(store *s, const char *repo, const char *owner,
         u->id[2 * i + 1] = hex[rnd[i] & 15];
     }
     str_copy(u->repo, sizeof u->repo, repo);
-    u->created_s = u->touched_s = now_s();
+    u->created_s = u->touched_s = clock_wall_s();
     if (!(u->h = hasher_new(DIGEST_SHA256)))
         goto out;
     upload_path(s, u->id, path, sizeof path);
@@ -697,7 +693,7 @@ store_upload_release(store *s, store_upload *u)
         return;
     }
     hashq_stop(u); /* the helper lives only while someone holds the upload */
-    u->touched_s = now_s();
+    u->touched_s = clock_wall_s();
     put_session(s, u, false);
     if (u->fd >= 0) {
         close(u->fd); /* reopened by the next acquire */
@@ -903,7 +899,7 @@ store_blob_put(store *s, const char *repo, const char *digest, const void *ptr, 
 void
 store_upload_purge(store *s, uint64_t max_age_s)
 {
-    uint64_t now = now_s();
+    uint64_t now = clock_wall_s();
     rocksdb_iterator_t *it = db_iter(s, s->ro, CF_UPLOADS);
     for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t kl, vl;

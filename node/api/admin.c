@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../common/clock.h"
 #include "../../common/log.h"
 #include "../../common/ref.h"
 #include "../../replication/repl.h"
@@ -261,13 +262,6 @@ struct locate_req {
 #define LOCATE_MAX_REGIONS 32
 #define LOCATE_POLL_MS 50
 
-static uint64_t
-mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* locate_free gives back a waiter's slot, also when its client went away. */
 static void
@@ -292,7 +286,7 @@ h_locate(struct http_req *r, bool nowait)
     http_req_query(r, "regions", regions, sizeof regions);
     if (!lr->started) {
         lr->started = true;
-        lr->start_ms = mono_ms();
+        lr->start_ms = clock_mono_ms();
         lr->wait_ms = 0;
         if (http_req_query(r, "wait", waits, sizeof waits) &&
             !cfg_parse_duration(waits, &lr->wait_ms)) {
@@ -312,7 +306,7 @@ h_locate(struct http_req *r, bool nowait)
     if (!e)
         all = repl_locate(n->repl, lr->name, lr->ref, seq, regions, out, LOCATE_MAX_REGIONS,
                           &nout);
-    uint64_t waited = mono_ms() - start;
+    uint64_t waited = clock_mono_ms() - start;
     if (!(!e && all) && waited < lr->wait_ms && atomic_load(&n->ready)) {
         if (!lr->counted) {
             if (atomic_fetch_add(&n->locate_waiters, 1) >= LOCATE_MAX_WAITERS) {
@@ -342,7 +336,7 @@ h_locate(struct http_req *r, bool nowait)
     buf_addf(&b, ",\"digest\":\"%s\",\"seq\":%llu,\"complete\":%s,\"waited_seconds\":%.3f,"
                  "\"regions\":[",
              digest, (unsigned long long)seq, all ? "true" : "false",
-             (double)(mono_ms() - start) / 1000.0);
+             (double)(clock_mono_ms() - start) / 1000.0);
     for (size_t i = 0; i < nout; i++) {
         buf_addf(&b, "%s{\"name\":", i ? "," : "");
         buf_add_json_str(&b, out[i].name, strlen(out[i].name));

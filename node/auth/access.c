@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../../common/clock.h"
 #include "../../common/log.h"
 #include "../../common/ref.h"
 #include "../../replication/repl.h"
@@ -33,13 +34,13 @@ void
 audit_log(struct node *n, struct http_req *r, const char *action, const char *repo,
           const char *ref, const char *digest, int status, const char *detail)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t now_us = clock_wall_us();
+    time_t sec = (time_t)(now_us / 1000000);
     struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
+    gmtime_r(&sec, &tm);
     char iso[48];
     size_t il = strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(iso + il, sizeof iso - il, ".%06ldZ", ts.tv_nsec / 1000);
+    snprintf(iso + il, sizeof iso - il, ".%06ldZ", (long)(now_us % 1000000));
     const char *actor = access_actor(r);
     buf b = BUF_INIT;
     buf_addf(&b, "{\"ts\":\"%s\",\"actor\":", iso);
@@ -737,7 +738,7 @@ h_identities(struct http_req *r, bool nowait)
         .secret = secret,
         .grants = grants,
         .ngrants = ng,
-        .expires_s = exp_ms ? (uint64_t)time(NULL) + exp_ms / 1000 : 0,
+        .expires_s = exp_ms ? clock_wall_s() + exp_ms / 1000 : 0,
         .created_by = access_actor(r),
     };
     e = auth_put_identity(n->auth, &spec, gen, sizeof gen);

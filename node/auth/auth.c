@@ -2,6 +2,7 @@
  * replicated metadata keys "id/<name>", so they reach every region through the
  * replication log; this node keeps a parsed copy in memory, reloaded whenever the
  * store's replicated-metadata version changes. */
+#include "../../common/clock.h"
 #include "auth.h"
 
 #include <errno.h>
@@ -97,11 +98,6 @@ struct auth {
     size_t refresh_next;           /* the slot the next token takes: the oldest one */
 };
 
-static uint64_t
-now_s(void)
-{
-    return (uint64_t)time(NULL);
-}
 
 /* ---- base64 ---- */
 
@@ -468,7 +464,7 @@ find(auth *a, const char *name, struct identity *out)
 static bool
 throttled(auth *a, const char *peer, uint64_t *retry_after)
 {
-    uint64_t now = now_s();
+    uint64_t now = clock_wall_s();
     bool t = false;
     pthread_mutex_lock(&a->fmu);
     for (size_t i = 0; i < FAIL_SLOTS; i++) {
@@ -496,7 +492,7 @@ auth_retry_after(auth *a, const char *peer)
 static void
 record_failure(auth *a, const char *peer, bool failed)
 {
-    uint64_t now = now_s();
+    uint64_t now = clock_wall_s();
     pthread_mutex_lock(&a->fmu);
     struct fail_entry *slot = NULL, *oldest = &a->fails[0];
     for (size_t i = 0; i < FAIL_SLOTS; i++) {
@@ -552,7 +548,7 @@ vkey(const char *name, const char *secret, unsigned char out[32])
 static bool
 vcache_hit(auth *a, const unsigned char key[32], uint64_t version)
 {
-    uint64_t now = now_s();
+    uint64_t now = clock_wall_s();
     bool hit = false;
     pthread_mutex_lock(&a->vmu);
     struct vcache_entry *e = &a->vc[key[0] % VCACHE_SIZE];
@@ -570,7 +566,7 @@ vcache_put(auth *a, const unsigned char key[32], const char *name, uint64_t vers
     memcpy(e->key, key, 32);
     str_copy(e->name, sizeof e->name, name);
     e->version = version;
-    e->until = now_s() + VCACHE_TTL_S;
+    e->until = clock_wall_s() + VCACHE_TTL_S;
     pthread_mutex_unlock(&a->vmu);
 }
 
@@ -846,7 +842,7 @@ identify_secret(auth *a, const char *name, const char *secret, const char *peer,
         record_failure(a, peer, true);
         goto out;
     }
-    if (id.expires && id.expires <= now_s()) {
+    if (id.expires && id.expires <= clock_wall_s()) {
         *why = "credentials expired";
         record_failure(a, peer, true);
         goto out;
@@ -929,7 +925,7 @@ identify_bearer(auth *a, slice tok, bool nowait, struct auth_principal *who, con
         return ERR_UNAUTHORIZED;
     }
     err e = ERR_UNAUTHORIZED;
-    uint64_t now = now_s();
+    uint64_t now = clock_wall_s();
     json_int_t exp = json_integer_value(json_object_get(c, "exp"));
     json_int_t nbf = json_integer_value(json_object_get(c, "nbf"));
     const char *aud = json_string_value(json_object_get(c, "aud"));
@@ -1093,7 +1089,7 @@ current_identity(auth *a, const char *name, const unsigned char bind[32], struct
     *why = "the refresh token's identity is disabled, expired, replaced or gone";
     if (!fresh(a))
         reload(a);
-    if (!find(a, name, id) || id->disabled || (id->expires && id->expires <= now_s()))
+    if (!find(a, name, id) || id->disabled || (id->expires && id->expires <= clock_wall_s()))
         return false;
     return identity_bind(id, now_bind) && CRYPTO_memcmp(now_bind, bind, 32) == 0;
 }
@@ -1124,7 +1120,7 @@ auth_refresh_new(auth *a, const struct auth_principal *who, char *out, size_t n)
     memcpy(r->hash, h, 32);
     memcpy(r->bind, bind, 32);
     str_copy(r->name, sizeof r->name, who->name);
-    r->expires = now_s() + AUTH_REFRESH_TTL_S;
+    r->expires = clock_wall_s() + AUTH_REFRESH_TTL_S;
     pthread_mutex_unlock(&a->rmu);
     memcpy(out, tok.ptr, tok.len + 1);
     e = ERR_OK;
@@ -1142,7 +1138,7 @@ auth_refresh_identify(auth *a, const char *token, const char *peer, struct auth_
 {
     unsigned char h[32], bind[32];
     char name[64] = "";
-    uint64_t retry, now = now_s();
+    uint64_t retry, now = clock_wall_s();
     struct identity id;
     size_t tl = strlen(token);
     *why = "unknown, expired or evicted refresh token";
@@ -1202,7 +1198,7 @@ auth_issue_token(auth *a, const struct auth_principal *who, const char *service,
 {
     if (service && *service && strcmp(service, a->service) != 0)
         return ERR_DENIED;
-    uint64_t now = now_s();
+    uint64_t now = clock_wall_s();
     unsigned char jti[12];
     RAND_bytes(jti, sizeof jti);
     buf claims = BUF_INIT, jb = BUF_INIT, tok = BUF_INIT, granted = BUF_INIT;
@@ -1353,7 +1349,7 @@ auth_put_identity(auth *a, const struct auth_identity_spec *spec, char *secret_o
     str_copy(id.kind, sizeof id.kind, spec->kind);
     str_copy(id.created_by, sizeof id.created_by, spec->created_by ? spec->created_by : "");
     id.expires = spec->expires_s;
-    id.created = now_s();
+    id.created = clock_wall_s();
     for (size_t i = 0; i < spec->ngrants && i < AUTH_MAX_GRANTS; i++)
         id.grants[id.ngrants++] = spec->grants[i];
     char secret[128];
@@ -1449,7 +1445,7 @@ size_t
 auth_registry_admins(const auth *a)
 {
     size_t n = a->have_admin && a->admin_enabled ? 1 : 0;
-    uint64_t t = now_s();
+    uint64_t t = clock_wall_s();
     pthread_rwlock_rdlock((pthread_rwlock_t *)&a->lock);
     for (size_t i = 0; i < a->nids; i++) {
         const struct identity *id = &a->ids[i];

@@ -1,5 +1,6 @@
 /* Client commands that talk to a running node's HTTP API: status, lag, wait. The
  * node is chosen with --url (or GEOREG_URL; default http://127.0.0.1:5000). */
+#include "../../common/clock.h"
 #include "cli.h"
 
 #include <curl/curl.h>
@@ -217,13 +218,6 @@ cmd_status(const struct cli_opts *o, bool lag_only)
     return 0;
 }
 
-static uint64_t
-mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static int
 cmd_wait(const struct cli_opts *o)
@@ -240,11 +234,11 @@ cmd_wait(const struct cli_opts *o)
         fprintf(stderr, "georeg wait: expected NAME:TAG or NAME@DIGEST, got %s\n", t);
         return 2;
     }
-    uint64_t deadline = mono_ms() + o->timeout_ms;
+    uint64_t deadline = clock_mono_ms() + o->timeout_ms;
     buf url = BUF_INIT, body = BUF_INIT;
     int rc = 1;
     for (;;) {
-        uint64_t now = mono_ms();
+        uint64_t now = clock_mono_ms();
         uint64_t left = deadline > now ? deadline - now : 0;
         uint64_t w = left > 30000 ? 30000 : left;
         buf_reset(&url);
@@ -257,7 +251,7 @@ cmd_wait(const struct cli_opts *o)
             json_error_t je;
             json_t *j = json_loadb(body.ptr, body.len, 0, &je);
             bool done = j && json_is_true(json_object_get(j, "complete"));
-            if (done || mono_ms() >= deadline) {
+            if (done || clock_mono_ms() >= deadline) {
                 json_t *regs = json_object_get(j, "regions");
                 size_t i;
                 json_t *r;
@@ -279,9 +273,9 @@ cmd_wait(const struct cli_opts *o)
                 break;
             }
             json_decref(j);
-        } else if (st == 404 && mono_ms() < deadline) {
+        } else if (st == 404 && clock_mono_ms() < deadline) {
             usleep(200000); /* not pushed yet */
-        } else if (st < 0 && mono_ms() < deadline) {
+        } else if (st < 0 && clock_mono_ms() < deadline) {
             usleep(500000);
         } else {
             if (st > 0)

@@ -1,6 +1,7 @@
 /* HTTP/1.1 transport over libuv poll handles on raw non-blocking sockets, so that
  * reads, writev and sendfile are ours to schedule. Each connection is a state
  * machine (enum conn_state) driven by one transition function, conn_run. */
+#include "../../common/clock.h"
 #include "http.h"
 
 #include <arpa/inet.h>
@@ -227,7 +228,7 @@ reason_of(int status)
 static void
 update_date(struct worker *w)
 {
-    time_t t = time(NULL);
+    time_t t = (time_t)clock_wall_s();
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(w->date, sizeof w->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);

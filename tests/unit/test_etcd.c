@@ -33,6 +33,7 @@
 
 #include <cmocka.h>
 
+#include "../../common/clock.h"
 #include "common/buf.h"
 #include "common/log.h"
 #include "replication/etcd.h"
@@ -52,7 +53,7 @@ etcd_bin(void)
 static uint64_t
 now_ms(void)
 {
-    return etcd_now_ms();
+    return clock_mono_ms();
 }
 
 static void
@@ -281,18 +282,18 @@ test_lease_cycle(void **state)
     NEED_ETCD();
     etcd_client *c = client_of(g_etcd.url, TIMEOUT_MS);
     int64_t id = 0, ttl = 0, left = -1;
-    uint64_t until = 0, before = etcd_now_ms();
+    uint64_t until = 0, before = clock_mono_ms();
     assert_int_equal(etcd_lease_grant(c, 10, &id, &ttl, &until), ERR_OK);
     assert_true(id > 0);
     assert_true(ttl >= 10);
     /* the deadline counts from before the request, never from the answer */
     assert_true(until >= before + (uint64_t)ttl * 1000);
-    assert_true(until <= etcd_now_ms() + (uint64_t)ttl * 1000);
-    before = etcd_now_ms();
+    assert_true(until <= clock_mono_ms() + (uint64_t)ttl * 1000);
+    before = clock_mono_ms();
     assert_int_equal(etcd_lease_keepalive(c, id, &left, &until), ERR_OK);
     assert_true(left > 0 && left <= ttl);
     assert_true(until >= before + (uint64_t)left * 1000);
-    assert_true(until <= etcd_now_ms() + (uint64_t)left * 1000);
+    assert_true(until <= clock_mono_ms() + (uint64_t)left * 1000);
     assert_int_equal(etcd_lease_time_to_live(c, id, &left), ERR_OK);
     assert_true(left > 0 && left <= ttl);
     assert_int_equal(etcd_lease_revoke(c, id), ERR_OK);
@@ -436,7 +437,7 @@ test_lease_lapse_hands_over(void **state)
     assert_int_equal(r, ERR_NOT_FOUND);
     /* the safety rule failover rests on: a's local deadline came before anyone else
      * could see the key gone (a lower bound, not a speed) */
-    assert_true(etcd_now_ms() >= a_until);
+    assert_true(clock_mono_ms() >= a_until);
     assert_int_equal(etcd_lease_keepalive(a, la, &left, NULL), ERR_NOT_FOUND);
     assert_int_equal(etcd_campaign(b, S(key), S("node-b"), lb, &won, &holder, NULL), ERR_OK);
     assert_true(won);
