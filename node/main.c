@@ -3,6 +3,7 @@
 #include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -109,8 +110,15 @@ cmd_serve(int argc, char **argv)
         return 1;
     }
     e = node_run(n);
+    bool stuck = node_nng_stuck(n);
     node_close(n);
     cfg_release(&cfg);
+    if (stuck) {
+        /* nng_fini (and the exit handlers) would wait for the connection nng could
+         * not close: shutdown must finish within the drain timeout */
+        fflush(stderr);
+        _exit(e ? 1 : 0);
+    }
     nng_fini(); /* nng's threads and queued messages go before the process does */
     return e ? 1 : 0;
 }

@@ -403,6 +403,12 @@ out:
     return e;
 }
 
+bool
+node_nng_stuck(const struct node *n)
+{
+    return n && n->repl && repl_close_stuck(n->repl);
+}
+
 void
 node_close(struct node *n)
 {

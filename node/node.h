@@ -41,6 +41,9 @@ struct node {
 err node_open(const struct cfg *cfg, struct node **out);
 /* node_run serves until SIGTERM or SIGINT, then drains and returns. */
 err node_run(struct node *n);
+/* node_nng_stuck: replication could not close its connections at shutdown (nng
+ * kept waiting); the process must then exit without nng_fini. */
+bool node_nng_stuck(const struct node *n);
 /* node_close stops everything still running and frees the node; accepts NULL. */
 void node_close(struct node *n);
 

@@ -728,6 +728,12 @@ repl_free(repl *r)
 }
 
 bool
+repl_close_stuck(repl *r)
+{
+    return r->close_stuck;
+}
+
+bool
 repl_is_primary(repl *r)
 {
     return r->primary;

@@ -135,6 +135,9 @@ err repl_start(repl *r);
 /* repl_stop stops every thread; safe to call twice. */
 void repl_stop(repl *r);
 void repl_free(repl *r);
+/* repl_close_stuck: repl_stop gave up waiting for nng to close a connection (the
+ * process must not call nng_fini, which would wait for it). */
+bool repl_close_stuck(repl *r);
 
 /* repl_writable: this node accepts pushes (a primary not fenced by a higher epoch).
  * When not, *primary_url names where clients should push (may be ""). The string
