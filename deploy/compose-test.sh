@@ -11,7 +11,12 @@
 #   5. `docker network disconnect <project>_wan us-east`, push more: the primary's
 #      lag API shows us-east unreachable with lag growing while ap-south keeps up
 #   6. reconnect: us-east converges (lag 0, in-sync) and serves the new image
-#   7. always (trap): `down -v`, remove the image tag, remove temporary files
+#   7. failover drill: `docker kill` eu-west, `georeg promote --url` us-east, wait
+#      until it is writable, push to it, ap-south serves the push (filter prod/**);
+#      prints `compose-drill: rto_s=...` (kill until the push is on ap-south);
+#      `docker start` eu-west: it comes back a secondary (403 DENIED naming us-east)
+#      and converges (serves what was pushed to us-east)
+#   8. always (trap): `down -v`, remove the image tag, remove temporary files
 #
 # Without a Docker engine it prints SKIPPED and exits 0. Any failed check exits 1.
 # Environment: EU_WEST_PORT / US_EAST_PORT / AP_SOUTH_PORT (default 15000-15002,
@@ -84,8 +89,12 @@ cleanup() {
             authcurl -s -m 3 "http://$EU/_georeg/v1/replication" | jq -c '.replicas[]? |
                 {name, state, acked_seq, lag_events, lag_bytes, lag_seconds, last_error}' 2>/dev/null
             {
-                echo "== GET http://$EU/_georeg/v1/replication"
-                authcurl -s -m 3 "http://$EU/_georeg/v1/replication"
+                for hp in "eu-west $EU" "us-east $US" "ap-south $AP"; do
+                    set -- $hp
+                    echo "== $1: GET http://$2/_georeg/v1/replication"
+                    authcurl -s -m 3 "http://$2/_georeg/v1/replication"
+                    echo
+                done
                 for n in us-east ap-south; do
                     echo; echo "== $n: docker inspect networks"
                     docker inspect -f '{{json .NetworkSettings.Networks}}' "$(compose ps -q $n)"
@@ -473,10 +482,18 @@ done
 [ $ok = 1 ] || fail "eu-west did not come back as a secondary within 30 s: $(st_of "$EU")"
 t_back=$(date +%s.%N)
 pass "eu-west is a secondary again: $(jst "$EU" '{role, epoch, primary, writable}')"
-code=$(http_code "http://$EU/v2/prod/app/blobs/uploads/" -X POST)
-if [ "$code" != 403 ] || ! jq -e '.errors[0].code == "DENIED"' "$work/body" >/dev/null 2>&1; then
-    fail "push to the old primary eu-west: HTTP $code $(cat "$work/body"); want 403 DENIED"
-fi
+# every refusal is 403 DENIED; within a few heartbeats it names the new primary
+deadline=$(($(date +%s) + 10))
+while :; do
+    code=$(http_code "http://$EU/v2/prod/app/blobs/uploads/" -X POST)
+    if [ "$code" != 403 ] || ! jq -e '.errors[0].code == "DENIED"' "$work/body" >/dev/null 2>&1; then
+        fail "push to the old primary eu-west: HTTP $code $(cat "$work/body"); want 403 DENIED"
+    fi
+    grep -qF "http://$US" "$work/body" && break
+    [ "$(date +%s)" -lt $deadline ] ||
+        fail "eu-west's refusal does not name the new primary http://$US within 10 s: $(cat "$work/body")"
+    sleep 0.2
+done
 pass "eu-west refuses a push: 403 $(jq -c '.errors[0] | {code, message}' "$work/body")"
 deadline=$(($(date +%s) + 60))
 while :; do
