@@ -95,7 +95,8 @@ start() {
             echo "cluster: $n already running (pid $(cat "$dir/$n.pid"))"
             continue
         fi
-        "$bin" serve --config "$dir/$n.yaml" 2>>"$dir/$n.log" &
+        # stdout too: a pipe after `cluster.sh start` must not wait for the nodes
+        "$bin" serve --config "$dir/$n.yaml" >>"$dir/$n.log" 2>&1 </dev/null &
         echo $! > "$dir/$n.pid"
     done
     for i in 0 1 2; do # live (not necessarily ready: a primary confirms first)
