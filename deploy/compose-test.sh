@@ -11,7 +11,12 @@
 #   5. `docker network disconnect <project>_wan us-east`, push more: the primary's
 #      lag API shows us-east unreachable with lag growing while ap-south keeps up
 #   6. reconnect: us-east converges (lag 0, in-sync) and serves the new image
-#   7. always (trap): `down -v`, remove the image tag, remove temporary files
+#   7. failover drill: `docker kill` eu-west, `georeg promote --url` us-east, wait
+#      until it is writable, push to it, ap-south serves the push (filter prod/**);
+#      prints `compose-drill: rto_s=...` (kill until the push is on ap-south);
+#      `docker start` eu-west: it comes back a secondary (403 DENIED naming us-east)
+#      and converges (serves what was pushed to us-east)
+#   8. always (trap): `down -v`, remove the image tag, remove temporary files
 #
 # Without a Docker engine it prints SKIPPED and exits 0. Any failed check exits 1.
 # Environment: EU_WEST_PORT / US_EAST_PORT / AP_SOUTH_PORT (default 15000-15002,
@@ -84,8 +89,12 @@ cleanup() {
             authcurl -s -m 3 "http://$EU/_georeg/v1/replication" | jq -c '.replicas[]? |
                 {name, state, acked_seq, lag_events, lag_bytes, lag_seconds, last_error}' 2>/dev/null
             {
-                echo "== GET http://$EU/_georeg/v1/replication"
-                authcurl -s -m 3 "http://$EU/_georeg/v1/replication"
+                for hp in "eu-west $EU" "us-east $US" "ap-south $AP"; do
+                    set -- $hp
+                    echo "== $1: GET http://$2/_georeg/v1/replication"
+                    authcurl -s -m 3 "http://$2/_georeg/v1/replication"
+                    echo
+                done
                 for n in us-east ap-south; do
                     echo; echo "== $n: docker inspect networks"
                     docker inspect -f '{{json .NetworkSettings.Networks}}' "$(compose ps -q $n)"
@@ -402,3 +411,103 @@ final=$(repl_json | jq -c '[.replicas[] | {name, state, lag_events, lag_bytes}]'
 jq -e 'all(.state == "in-sync" and .lag_events == 0)' <<<"$final" >/dev/null ||
     fail "replicas not all in-sync with zero lag at the end: $final"
 pass "end state on eu-west: $final"
+
+# ---------------------------------------------------------------- failover drill
+#
+# eu-west is lost (docker kill); us-east is promoted (georeg promote), becomes
+# writable and takes a push that reaches ap-south through its filter. RTO: from
+# the kill until that push is served by ap-south. eu-west, started again, learns
+# of the promotion, demotes itself to a secondary of us-east and converges.
+
+st_of() { authcurl -sf -m 5 "http://$1/_georeg/v1/replication"; }
+jst() { st_of "$1" | jq -c "$2" 2>/dev/null; }
+say "failover drill: $(jst "$EU" '{role, epoch, writable}') on eu-west," \
+    "$(jst "$US" '{role, epoch, applied_seq}') on us-east"
+[ "$(jst "$EU" .role)" = '"primary"' ] && [ "$(jst "$US" .role)" = '"secondary"' ] ||
+    fail "before the drill: eu-west is not the primary or us-east not a secondary"
+epoch0=$(jst "$EU" .epoch)
+eu_ctr=$(compose ps -q eu-west)
+[ -n "$eu_ctr" ] || fail "no eu-west container"
+app3=$(mkimg app3 500000) || fail "making image app3"
+
+t_kill=$(date +%s.%N)
+docker kill "$eu_ctr" >/dev/null || fail "docker kill eu-west"
+say "compose-drill: killed eu-west (docker kill)"
+"$root/build/georeg" promote --url "http://$US" >"$work/promote.out" 2>&1 ||
+    { cat "$work/promote.out"; fail "georeg promote --url http://$US refused or failed"; }
+sed 's/^/    /' "$work/promote.out"
+t_prom=$(date +%s.%N)
+ok=0
+for _ in $(seq 150); do # 15 s
+    [ "$(jst "$US" .writable)" = true ] && { ok=1; break; }
+    sleep 0.1
+done
+[ $ok = 1 ] || fail "us-east not writable within 15 s of its promotion: $(st_of "$US")"
+t_wr=$(date +%s.%N)
+j=$(st_of "$US")
+jq -e --argjson e "$epoch0" '.role == "primary" and .epoch > $e' <<<"$j" >/dev/null ||
+    fail "us-east after promotion: $(jq -c '{role, epoch, writable}' <<<"$j")"
+pass "us-east promoted: $(jq -c '{role, epoch, writable, confirming}' <<<"$j")"
+
+out=$(sk copy --quiet --dest-tls-verify=false --dest-creds "$CREDS" --digestfile "$work/digest" \
+    "oci:$work/app3:latest" "docker://$US/prod/app:3" 2>&1) || fail "skopeo push of prod/app:3 to us-east: $out"
+[ "$(cat "$work/digest")" = "$app3" ] || fail "push prod/app:3 to us-east: digest $(cat "$work/digest"), want $app3"
+pass "pushed prod/app:3 to us-east ($app3)"
+ok=0
+for _ in $(seq 300); do # 30 s
+    code=$(http_code "http://$AP/v2/prod/app/manifests/3" -I -H 'Accept: application/vnd.oci.image.manifest.v1+json')
+    [ "$code" = 200 ] && { ok=1; break; }
+    sleep 0.1
+done
+t_ap=$(date +%s.%N)
+[ $ok = 1 ] || fail "ap-south does not serve prod/app:3 within 30 s (HTTP $code); us-east: $(st_of "$US" | jq -c .replicas)"
+pull_check "$AP" ap-south prod/app:3 "$app3"
+rto=$(awk -v a="$t_kill" -v b="$t_ap" 'BEGIN{printf "%.1f", b-a}')
+say "compose-drill: rto_s=$rto (promote $(awk -v a="$t_kill" -v b="$t_prom" 'BEGIN{printf "%.1f", b-a}') s," \
+    "writable $(awk -v a="$t_kill" -v b="$t_wr" 'BEGIN{printf "%.1f", b-a}') s, on ap-south $rto s after the kill)"
+# ap-south refuses pushes naming the new primary
+code=$(http_code "http://$AP/v2/prod/app/blobs/uploads/" -X POST)
+[ "$code" = 403 ] && grep -qF "http://$US" "$work/body" ||
+    fail "push to ap-south after failover: HTTP $code $(cat "$work/body"); want 403 naming http://$US"
+pass "ap-south follows us-east and names it when refusing a push"
+
+# the old primary comes back: a secondary of us-east, never writable
+docker start "$eu_ctr" >/dev/null || fail "docker start eu-west"
+say "compose-drill: started eu-west again (docker start)"
+ok=0
+for _ in $(seq 300); do # 30 s
+    [ "$(jst "$EU" .role)" = '"secondary"' ] && { ok=1; break; }
+    sleep 0.1
+done
+[ $ok = 1 ] || fail "eu-west did not come back as a secondary within 30 s: $(st_of "$EU")"
+t_back=$(date +%s.%N)
+pass "eu-west is a secondary again: $(jst "$EU" '{role, epoch, primary, writable}')"
+# every refusal is 403 DENIED; within a few heartbeats it names the new primary
+deadline=$(($(date +%s) + 10))
+while :; do
+    code=$(http_code "http://$EU/v2/prod/app/blobs/uploads/" -X POST)
+    if [ "$code" != 403 ] || ! jq -e '.errors[0].code == "DENIED"' "$work/body" >/dev/null 2>&1; then
+        fail "push to the old primary eu-west: HTTP $code $(cat "$work/body"); want 403 DENIED"
+    fi
+    grep -qF "http://$US" "$work/body" && break
+    [ "$(date +%s)" -lt $deadline ] ||
+        fail "eu-west's refusal does not name the new primary http://$US within 10 s: $(cat "$work/body")"
+    sleep 0.2
+done
+pass "eu-west refuses a push: 403 $(jq -c '.errors[0] | {code, message}' "$work/body")"
+deadline=$(($(date +%s) + 60))
+while :; do
+    r=$(st_of "$US" | jq -c '.replicas[] | select(.name == "eu-west")')
+    [ "$(jq -r .state <<<"$r" 2>/dev/null)" = in-sync ] && [ "$(jq .lag_events <<<"$r")" = 0 ] && break
+    [ "$(date +%s)" -lt $deadline ] || fail "eu-west not in-sync on us-east within 60 s: $r"
+    sleep 0.5
+done
+pull_check "$EU" eu-west prod/app:3 "$app3"
+pull_check "$EU" eu-west prod/app:2 "$app2"
+final=$(st_of "$US" | jq -c '[.replicas[] | {name, state, lag_events}]')
+jq -e 'length == 2 and all(.state == "in-sync" and .lag_events == 0)' <<<"$final" >/dev/null ||
+    fail "replicas of us-east not all in-sync: $final"
+say "compose-drill: eu-west rejoined as a secondary and converged" \
+    "$(awk -v a="$t_kill" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s after the kill" \
+    "(secondary at $(awk -v a="$t_kill" -v b="$t_back" 'BEGIN{printf "%.1f", b-a}') s)"
+pass "end state on us-east (primary): $final"
