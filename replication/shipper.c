@@ -978,6 +978,7 @@ shipper_main(void *arg)
             if (repl_start_dialer(r, rp) == ERR_OK) {
                 rp->dialing = true;
                 rp->down_since_ms = 0;
+                set_error(rp, "not connected yet"); /* what it was as a secondary is over */
             } else {
                 usleep(1000000);
                 continue;

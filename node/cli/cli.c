@@ -208,11 +208,14 @@ cmd_status(const struct cli_opts *o, bool lag_only)
         json_t *st = json_object_get(j, "staleness_seconds");
         printf("%-16s %-12s %10s %12s %10s %s\n", "NODE", "STATE", "APPLIED", "PRIMARY_HEAD",
                "STALE_SEC", "PRIMARY");
-        printf("%-16s %-12s %10.0f %12.0f %10s %s %s\n", jstr(j, "node"), jstr(j, "state"),
-               jnum(j, "applied_seq"), jnum(j, "primary_head_seq"),
-               json_is_number(st) ? "" : "unknown", jstr(j, "primary"), jstr(j, "primary_url"));
+        char stale[32];
         if (json_is_number(st))
-            printf("staleness %.1fs\n", json_number_value(st));
+            snprintf(stale, sizeof stale, "%.1f", json_number_value(st));
+        else
+            snprintf(stale, sizeof stale, "unknown");
+        printf("%-16s %-12s %10.0f %12.0f %10s %s %s\n", jstr(j, "node"), jstr(j, "state"),
+               jnum(j, "applied_seq"), jnum(j, "primary_head_seq"), stale, jstr(j, "primary"),
+               jstr(j, "primary_url"));
     }
     json_decref(j);
     return 0;
