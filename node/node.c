@@ -35,6 +35,16 @@ on_repl_refused(void *arg, const char *peer, const char *reason, const char *det
     audit_log(n, &fake, "replication.refused", NULL, NULL, NULL, 403, d);
 }
 
+/* filter_of lends a replica's or region's globs to a repl filter. */
+static void
+filter_of(const struct cfg_replica *cr, struct repl_filter *f)
+{
+    globs_of(&cr->include, f->include, &f->ninclude);
+    globs_of(&cr->exclude, f->exclude, &f->nexclude);
+    globs_of(&cr->include_tags, f->include_tags, &f->ninclude_tags);
+    globs_of(&cr->exclude_tags, f->exclude_tags, &f->nexclude_tags);
+}
+
 /* open_repl builds the replication options from the frozen config. */
 static err
 open_repl(struct node *n)
@@ -46,10 +56,7 @@ open_repl(struct node *n)
         const struct cfg_replica *cr = &c->replicas[i];
         ro[i].name = cr->name;
         ro[i].address = cr->address;
-        globs_of(&cr->include, ro[i].filter.include, &ro[i].filter.ninclude);
-        globs_of(&cr->exclude, ro[i].filter.exclude, &ro[i].filter.nexclude);
-        globs_of(&cr->include_tags, ro[i].filter.include_tags, &ro[i].filter.ninclude_tags);
-        globs_of(&cr->exclude_tags, ro[i].filter.exclude_tags, &ro[i].filter.nexclude_tags);
+        filter_of(cr, &ro[i].filter);
     }
     struct repl_region rg[CFG_MAX_REPLICAS];
     memset(rg, 0, sizeof rg);
@@ -60,10 +67,7 @@ open_repl(struct node *n)
         rg[i].address = cr->address;
         rg[i].url = cr->url;
         rg[i].eligible = cr->eligible;
-        globs_of(&cr->include, rg[i].filter.include, &rg[i].filter.ninclude);
-        globs_of(&cr->exclude, rg[i].filter.exclude, &rg[i].filter.nexclude);
-        globs_of(&cr->include_tags, rg[i].filter.include_tags, &rg[i].filter.ninclude_tags);
-        globs_of(&cr->exclude_tags, rg[i].filter.exclude_tags, &rg[i].filter.nexclude_tags);
+        filter_of(cr, &rg[i].filter);
         if (strcmp(cr->name, c->name) == 0 && cr->url[0])
             self_url = cr->url;
     }

@@ -69,10 +69,11 @@ probe_main(void *arg)
     nng_dialer d;
     nng_tls_config *tls = NULL;
     envelope *env = NULL;
-    buf cert = BUF_INIT, sig = BUF_INIT;
-    struct history h;
-    struct hist_pb pb = {0};
-    hist_init(&h);
+    struct wire_proof wp;
+    memset(&wp, 0, sizeof wp);
+    buf_init(&wp.cert);
+    buf_init(&wp.sig);
+    hist_init(&wp.hist);
     snprintf(p->error, sizeof p->error, "unreachable");
     if (nng_pair1_open(&s))
         goto out0;
@@ -107,30 +108,14 @@ probe_main(void *arg)
         goto out;
     }
     slice nonce = {(const char *)env->peer_challenge->nonce.data, env->peer_challenge->nonce.len};
-    if (wire_keys(r) && wire_proof_sign(r, nonce, p->rp->name, atomic_load(&r->epoch), &cert, &sig)) {
-        snprintf(p->error, sizeof p->error, "cannot sign the proof");
-        goto out;
-    }
+    err e = wire_proof_build(r, nonce, p->rp->name, true, &wp);
     georeg__repl__envelope__free_unpacked(env, NULL);
     env = NULL;
-    pthread_mutex_lock(&r->hmu);
-    err e = hist_copy(&h, &r->hist);
-    pthread_mutex_unlock(&r->hmu);
-    if (e || hist_pb_new(&h, &pb))
+    if (e) {
+        snprintf(p->error, sizeof p->error, "cannot build the proof");
         goto out;
-    Georeg__Repl__PeerProof pp = GEOREG__REPL__PEER_PROOF__INIT;
-    pp.cert.data = (uint8_t *)cert.ptr;
-    pp.cert.len = cert.len;
-    pp.signature.data = (uint8_t *)sig.ptr;
-    pp.signature.len = sig.len;
-    pp.receiver = p->rp->name;
-    pp.probe = true;
-    pp.n_history = pb.n;
-    pp.history = pb.ptrs;
-    envelope proof = GEOREG__REPL__ENVELOPE__INIT;
-    proof.body_case = GEOREG__REPL__ENVELOPE__BODY_PEER_PROOF;
-    proof.peer_proof = &pp;
-    if (wire_send(r, s, &proof, 2))
+    }
+    if (wire_send(r, s, &wp.env, 2))
         goto out;
     if (probe_recv(p, s, GEOREG__REPL__ENVELOPE__BODY_ACK, &env))
         goto out;
@@ -155,10 +140,7 @@ out:
 out0:
     if (env)
         georeg__repl__envelope__free_unpacked(env, NULL);
-    hist_pb_free(&pb);
-    hist_release(&h);
-    buf_release(&cert);
-    buf_release(&sig);
+    wire_proof_release(&wp);
     return NULL;
 }
 

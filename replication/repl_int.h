@@ -246,6 +246,17 @@ err wire_proof_sign(repl *r, slice nonce, const char *receiver, uint64_t epoch, 
 enum repl_refusal wire_proof_verify(repl *r, slice cert, slice sig, slice nonce,
                                     const char *sender, const char *receiver, uint64_t epoch,
                                     const char **why);
+/* A PeerProof envelope (signed over the nonce when we have keys and one was sent,
+ * carrying our log's history), ready to send; release it after. */
+struct wire_proof {
+    buf cert, sig;
+    struct history hist;
+    struct hist_pb pb;
+    Georeg__Repl__PeerProof pp;
+    envelope env;
+};
+err wire_proof_build(repl *r, slice nonce, const char *receiver, bool probe, struct wire_proof *p);
+void wire_proof_release(struct wire_proof *p);
 /* repl_refuse counts a refusal, logs it and tells the node (audit). */
 void repl_refuse(repl *r, enum repl_refusal why, const char *peer, const char *detail);
 err wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id);

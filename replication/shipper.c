@@ -639,37 +639,17 @@ prove(struct ship *sh)
         if (sh->have_nonce)
             break;
     }
-    buf cert = BUF_INIT, sig = BUF_INIT;
-    struct history h;
-    struct hist_pb pb = {0};
-    hist_init(&h);
-    err e = ERR_OK;
-    if (wire_keys(sh->r) && sh->have_nonce)
-        e = wire_proof_sign(sh->r, (slice){(const char *)sh->nonce, sh->nonce_len}, rp->name,
-                            atomic_load(&sh->r->epoch), &cert, &sig);
+    struct wire_proof wp;
+    slice nonce = sh->have_nonce ? (slice){(const char *)sh->nonce, sh->nonce_len}
+                                 : (slice){NULL, 0};
+    err e = wire_proof_build(sh->r, nonce, rp->name, false, &wp);
     if (e) {
-        set_error(rp, "cannot sign the peer proof (replication.tls.key)");
+        set_error(rp, "cannot build the peer proof (replication.tls.key)");
         goto out;
     }
-    pthread_mutex_lock(&sh->r->hmu);
-    e = hist_copy(&h, &sh->r->hist);
-    pthread_mutex_unlock(&sh->r->hmu);
-    if (e || (e = hist_pb_new(&h, &pb)))
-        goto out;
-    Georeg__Repl__PeerProof pp = GEOREG__REPL__PEER_PROOF__INIT;
-    pp.cert.data = (uint8_t *)cert.ptr;
-    pp.cert.len = cert.len;
-    pp.signature.data = (uint8_t *)sig.ptr;
-    pp.signature.len = sig.len;
-    pp.receiver = rp->name;
-    pp.n_history = pb.n;
-    pp.history = pb.ptrs;
-    envelope pe = GEOREG__REPL__ENVELOPE__INIT;
-    pe.body_case = GEOREG__REPL__ENVELOPE__BODY_PEER_PROOF;
-    pe.peer_proof = &pp;
     rp->have_their_hist = false;
     sh->proof_msg_id = rp->next_msg_id + 1; /* the id send_env gives it */
-    e = send_env(sh, &pe) ? ERR_UNAVAILABLE : ERR_OK;
+    e = send_env(sh, &wp.env) ? ERR_UNAVAILABLE : ERR_OK;
     want = rp->next_msg_id;
     while (!e) {
         if (atomic_load(&rp->pipe_gen) != sh->gen || atomic_load(&sh->r->stopping) ||
@@ -685,10 +665,7 @@ prove(struct ship *sh)
             break;
     }
 out:
-    hist_pb_free(&pb);
-    hist_release(&h);
-    buf_release(&cert);
-    buf_release(&sig);
+    wire_proof_release(&wp);
     return e;
 }
 

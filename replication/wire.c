@@ -351,6 +351,49 @@ wire_proof_verify(repl *r, slice cert, slice sig, slice nonce, const char *sende
     return res;
 }
 
+err
+wire_proof_build(repl *r, slice nonce, const char *receiver, bool probe, struct wire_proof *p)
+{
+    memset(p, 0, sizeof *p);
+    buf_init(&p->cert);
+    buf_init(&p->sig);
+    hist_init(&p->hist);
+    err e = ERR_OK;
+    /* signed when we have keys and were challenged; a development listener
+     * without keys takes the proof unsigned (it carries our history) */
+    if (wire_keys(r) && nonce.len)
+        e = wire_proof_sign(r, nonce, receiver, atomic_load(&r->epoch), &p->cert, &p->sig);
+    if (e)
+        return e;
+    pthread_mutex_lock(&r->hmu);
+    e = hist_copy(&p->hist, &r->hist);
+    pthread_mutex_unlock(&r->hmu);
+    if (e || (e = hist_pb_new(&p->hist, &p->pb)))
+        return e;
+    georeg__repl__peer_proof__init(&p->pp);
+    p->pp.cert.data = (uint8_t *)p->cert.ptr;
+    p->pp.cert.len = p->cert.len;
+    p->pp.signature.data = (uint8_t *)p->sig.ptr;
+    p->pp.signature.len = p->sig.len;
+    p->pp.receiver = (char *)receiver;
+    p->pp.probe = probe;
+    p->pp.n_history = p->pb.n;
+    p->pp.history = p->pb.ptrs;
+    georeg__repl__envelope__init(&p->env);
+    p->env.body_case = GEOREG__REPL__ENVELOPE__BODY_PEER_PROOF;
+    p->env.peer_proof = &p->pp;
+    return ERR_OK;
+}
+
+void
+wire_proof_release(struct wire_proof *p)
+{
+    hist_pb_free(&p->pb);
+    hist_release(&p->hist);
+    buf_release(&p->cert);
+    buf_release(&p->sig);
+}
+
 /* ---- promotion records ---- */
 
 static void

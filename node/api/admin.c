@@ -137,6 +137,17 @@ h_metrics(struct http_req *r, bool nowait)
     return ERR_OK;
 }
 
+/* json_body answers status with the JSON in b (taken: b is left empty). */
+static void
+json_body(struct http_req *r, int status, buf *b)
+{
+    r->resp.status = status;
+    buf_release(&r->resp.body);
+    r->resp.body = *b;
+    buf_init(b);
+    http_resp_header(r, "Content-Type", "application/json");
+}
+
 static err
 h_replication(struct http_req *r, bool nowait)
 {
@@ -144,10 +155,7 @@ h_replication(struct http_req *r, bool nowait)
     buf b = BUF_INIT;
     (void)nowait;
     repl_status_json(n->repl, &b);
-    r->resp.status = 200;
-    buf_release(&r->resp.body);
-    r->resp.body = b;
-    http_resp_header(r, "Content-Type", "application/json");
+    json_body(r, 200, &b);
     return ERR_OK;
 }
 
@@ -170,10 +178,7 @@ h_fence(struct http_req *r, bool nowait)
     }
     buf b = BUF_INIT;
     repl_fence_json(n->repl, &b);
-    r->resp.status = 200;
-    buf_release(&r->resp.body);
-    r->resp.body = b;
-    http_resp_header(r, "Content-Type", "application/json");
+    json_body(r, 200, &b);
     return ERR_OK;
 }
 
@@ -191,10 +196,7 @@ h_promote(struct http_req *r, bool nowait)
     err e = repl_promote(n->repl, force, &b);
     audit_log(n, r, "replication.promote", NULL, NULL, NULL, e ? 409 : 200,
               e ? "refused" : (force ? "forced" : NULL));
-    r->resp.status = e == ERR_OK ? 200 : e == ERR_INVALID ? 400 : 409;
-    buf_release(&r->resp.body);
-    r->resp.body = b;
-    http_resp_header(r, "Content-Type", "application/json");
+    json_body(r, e == ERR_OK ? 200 : e == ERR_INVALID ? 400 : 409, &b);
     return ERR_OK;
 }
 
@@ -241,10 +243,7 @@ h_conflicts(struct http_req *r, bool nowait)
         http_resp_error(r, ERR_INTERNAL, "cannot read the conflict reports", NULL);
         return ERR_OK;
     }
-    r->resp.status = 200;
-    buf_release(&r->resp.body);
-    r->resp.body = b;
-    http_resp_header(r, "Content-Type", "application/json");
+    json_body(r, 200, &b);
     return ERR_OK;
 }
 
@@ -345,10 +344,7 @@ h_locate(struct http_req *r, bool nowait)
                  out[i].holds ? "true" : "false", (unsigned long long)out[i].acked_seq);
     }
     buf_adds(&b, "]}");
-    r->resp.status = 200;
-    buf_release(&r->resp.body);
-    r->resp.body = b;
-    http_resp_header(r, "Content-Type", "application/json");
+    json_body(r, 200, &b);
     return ERR_OK;
 }
 

@@ -25,31 +25,12 @@ import pytest
 import cluster as C
 import itlib
 from itlib import wait_until
+from test_replication import make_cluster  # noqa: F401  (the fixture: an empty Cluster)
 
 pytestmark = pytest.mark.georeg_only("failover is georeg's own")
 
 TEST_ALARM = 420 if itlib.ASAN else 220
 SLOW = C.SLOW
-
-
-def _close(cl):
-    problems = cl.close()
-    if problems:
-        pytest.fail("node problems at teardown:\n  " + "\n  ".join(problems) + "\n" +
-                    cl.logs(), pytrace=False)
-
-
-@pytest.fixture
-def make_cluster(tmp_path_factory, request):
-    made = []
-
-    def make():
-        cl = C.Cluster(str(tmp_path_factory.mktemp("fo")), label=request.node.name)
-        made.append(cl)
-        return cl
-    yield make
-    for cl in made:
-        _close(cl)
 
 
 def status(n):
