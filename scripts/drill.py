@@ -426,13 +426,23 @@ class Run:
         self.result["degraded_acks"] = (sum(1 for a in acks if a["replicated"] is not None
                                             and int(a["replicated"]) < required)
                                         if required is not None else None)
-        for a in missing:
-            self.say("missing on %s: %s:%s %s acknowledged by %s at epoch %s (+%.2fs) "
-                     "Georeg-Replicated=%s %s" % (
+        shown = [a for a in missing if a in lost or a in synced_missing] + \
+            [a for a in reported if a not in synced_missing][:3]
+        for a in shown:
+            self.say("missing on %s: %s:%s %s acknowledged by %s at epoch %s (%+.2fs from the "
+                     "failure) Georeg-Replicated=%s %s" % (
                          final.name, a["repo"], a["tag"], a["digest"][:19], a["node"],
                          a["epoch"] if a["epoch"] is not None else a["epochs"],
                          a["t"] - self.t0, a["replicated"],
                          "reported as a conflict" if a in reported else "NOT REPORTED"))
+        if len(missing) > len(shown):
+            by = {}
+            for a in missing:
+                by[a["node"]] = by.get(a["node"], 0) + 1
+            self.say("missing on %s: %d acknowledged pushes in all (%s), %d reported as "
+                     "conflicts, %d not" % (final.name, len(missing), ", ".join(
+                         "%d by %s" % (v, k) for k, v in sorted(by.items())), len(reported),
+                         len(lost)))
         if self.sync == "on" and lost:
             self.fail.append("%d acknowledged push(es) lost with sync on (not reported)" % len(lost))
         if synced_missing:
