@@ -51,6 +51,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -224,17 +225,30 @@ class Run:
         self.result = {}
         self.t0 = None
         self.closed = False
+        self.hung = []
+        self.problems = []
 
     def say(self, msg):
         log("  %s/%s: %s" % (self.scenario, self.sync, msg))
 
     # -- setup
     def start(self):
-        repl = {"sync": dict(SYNC)} if self.sync == "on" else {}
+        repl = {}
+        if self.sync == "on":
+            repl["sync"] = dict(SYNC, replicas=self.args.sync_replicas)
         self.nodes = self.cl.regions(NAMES, EU, filters={AP: AP_FILTER}, **repl)
         self.eu, self.us, self.ap = (self.nodes[n] for n in NAMES)
         itlib.wait_until(lambda: self.eu.status()["writable"], BOUND, interval=0.05,
                          what="eu-west writable")
+        for (a, b), fp in self.cl.links.items():
+            ms = self.args.latency_ms
+            if {a, b} == {EU, US}:
+                ms += self.args.us_east_latency_ms
+            if ms:
+                fp.latency(ms)
+        if self.args.latency_ms or self.args.us_east_latency_ms:
+            self.say("one-way latency %d ms on every link, +%d ms between eu-west and us-east"
+                     % (self.args.latency_ms, self.args.us_east_latency_ms))
         self.pusher = Pusher(self.label)
         self.pusher.set_targets([self.eu])
         self.pusher.start()
@@ -281,7 +295,7 @@ class Run:
                          rep.get("epoch"), rep.get("refused"), rep.get("overridden"),
                          rep.get("behind_last_primary"), rows))
             return r.status, rep
-        deadline = time.monotonic() + 5 * SLOW
+        deadline = time.monotonic() + BOUND
         while True:
             st, rep = once(False)
             if st == 200:
@@ -292,12 +306,20 @@ class Run:
                 raise RuntimeError("candidate %s refused: %s" % (node.name, refused))
             ahead = [x for x in rep.get("regions", []) if (x.get("ahead_by") or 0) > 0]
             live = [x for x in refused if "answers as the primary" in x]
-            if ahead and time.monotonic() < deadline:
-                # the candidate may still be applying what it received before the
-                # failure: ask again before overriding anything
-                time.sleep(0.5)
-                continue
-            break
+            if not ahead or time.monotonic() > deadline:
+                break
+            # the candidate may still be applying what it received before the
+            # failure: ask again while its applied seq moves, before overriding
+            seen, t_moved = rep.get("applied_seq"), time.monotonic()
+            while time.monotonic() - t_moved < 1.0 * SLOW and time.monotonic() < deadline:
+                time.sleep(0.1)
+                cur = (try_status(node) or {}).get("applied_seq")
+                if cur != seen:
+                    seen, t_moved = cur, time.monotonic()
+            if seen == rep.get("applied_seq"):
+                self.say("%s stays at applied_seq %s: nothing more is coming to it" % (
+                    node.name, seen))
+                break
         why = []
         if live:
             if not old_primary_cut_off:
@@ -420,7 +442,8 @@ class Run:
         self.result["missing"] = len(missing)
         self.result["conflicts_reported"] = len(reported)
         self.result["lost"] = len(lost)
-        required = SYNC["replicas"] if self.sync == "on" else None
+        sr = self.args.sync_replicas
+        required = (sr if isinstance(sr, int) else len(sr)) if self.sync == "on" else None
         synced_missing = [a for a in missing if required is not None
                           and a["replicated"] is not None and int(a["replicated"]) >= required]
         self.result["degraded_acks"] = (sum(1 for a in acks if a["replicated"] is not None
@@ -445,6 +468,7 @@ class Run:
                          len(lost)))
         if self.sync == "on" and lost:
             self.fail.append("%d acknowledged push(es) lost with sync on (not reported)" % len(lost))
+        self.result["missing_replicated"] = len(synced_missing) if required is not None else None
         if synced_missing:
             self.fail.append("%d push(es) acknowledged as replicated (Georeg-Replicated >= %d) "
                              "missing on the new primary" % (len(synced_missing), required))
@@ -599,13 +623,48 @@ class Run:
         if self.pusher.failure:
             self.fail.append("pusher crashed: " + self.pusher.failure)
 
+    def _stop_node(self, n):
+        """SIGTERM by PID; a node that does not exit within the harness's bound gets
+        its threads' stacks written next to its log (gdb) before the harness kills
+        it (and records the problem)."""
+        p = n.proc
+        if p is None or p.poll() is not None:
+            return n.stop()  # the harness reports a node that died on its own
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(itlib.STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            out = os.path.join(n.workdir, "hang-stacks.txt")
+            self.say("%s (pid %d) still running %.0fs after SIGTERM: stacks -> %s" % (
+                n.name, p.pid, itlib.STOP_TIMEOUT, out))
+            try:
+                with open(out, "w") as f:
+                    subprocess.run(["gdb", "-p", str(p.pid), "-batch", "-ex",
+                                    "thread apply all bt"], stdout=f, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, timeout=60)
+            except Exception as e:
+                self.say("no stacks: %r" % (e,))
+            self.hung.append((n.name, out))
+            return n.stop(timeout=1)  # SIGTERM again, then SIGKILL; recorded as a problem
+        n.proc = None
+        itlib.LIVE.discard(n)
+        if p.returncode != 0:
+            n.problems.append("pid %d exited with code %s after SIGTERM" % (p.pid, p.returncode))
+        return p.returncode
+
     def close(self):
         if self.pusher is not None and self.pusher.is_alive():
             self.pusher.stop()
         if self.closed:
             return []
         self.closed = True
-        problems = self.cl.close()
+        for n in reversed(self.cl.nodes):
+            try:
+                self._stop_node(n)
+            except Exception as e:
+                self.say("stopping %s: %r" % (n.name, e))
+        problems = self.cl.close()  # the rest: proxies, anything left, the problems found
+        self.problems = problems
         for p in problems:
             self.say("teardown problem: " + p.splitlines()[0])
         return problems
@@ -623,7 +682,8 @@ class Run:
                  "converge_s=" + f("converge_s", "%.1f"),
                  "digests_equal=" + f("digests_equal"), "forced=" + f("forced")]
         if self.sync == "on":
-            parts.append("degraded_acks=" + f("degraded_acks"))
+            parts += ["missing_replicated=" + f("missing_replicated"),
+                      "degraded_acks=" + f("degraded_acks")]
         if self.scenario == "c":
             parts += ["isolated_acks=" + f("isolated_acks"),
                       "isolated_acks_after_promotion=" + f("isolated_acks_after_promotion"),
@@ -656,6 +716,13 @@ def main():
     ap.add_argument("--after", type=int, default=None, help="acks by the new primary")
     ap.add_argument("--unseen", type=int, default=None,
                     help="d: acks by the cut-off primary before it is killed")
+    ap.add_argument("--latency-ms", type=int, default=0,
+                    help="one-way latency on every replication link (a WAN)")
+    ap.add_argument("--us-east-latency-ms", type=int, default=0,
+                    help="extra one-way latency between eu-west and us-east (us-east lags)")
+    ap.add_argument("--sync-replicas", default="1",
+                    help="replication.sync.replicas with sync on: a count (default 1) or "
+                         "names (us-east)")
     ap.add_argument("--keep", action="store_true", help="keep the data and logs")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -664,6 +731,8 @@ def main():
     args.before = args.before or (10 if args.quick else 40)
     args.after = args.after or (10 if args.quick else 40)
     args.unseen = args.unseen or (3 if args.quick else 8)
+    sr = args.sync_replicas
+    args.sync_replicas = int(sr) if sr.isdigit() else [x for x in sr.split(",") if x]
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
@@ -673,9 +742,10 @@ def main():
             return 2
     base = args.workdir or tempfile.mkdtemp(prefix="georeg-drill-")
     os.makedirs(base, exist_ok=True)
-    log("drill: georeg %s, work dir %s, scenarios %s, sync %s, %d/%d pushes before/after%s" % (
-        itlib.GEOREG_BIN, base, ",".join(scen), ",".join(syncs), args.before, args.after,
-        " (ASan)" if itlib.ASAN else ""))
+    log("drill: georeg %s, work dir %s, scenarios %s, sync %s (on: replicas %s, timeout %s), "
+        "%d/%d pushes before/after%s" % (
+            itlib.GEOREG_BIN, base, ",".join(scen), ",".join(syncs), args.sync_replicas,
+            SYNC["timeout"], args.before, args.after, " (ASan)" if itlib.ASAN else ""))
     runs, lines, skipped, interrupted = [], [], 0, False
     t_start = time.monotonic()
     try:
@@ -740,10 +810,12 @@ def main():
     log("  RTO through etcd       target -          SKIPPED (not wired in yet)")
     on_lost = sum(v for _, v in vals("lost", "on"))
     on_missing = sum(v for _, v in vals("missing", "on"))
+    on_repl = sum(v for _, v in vals("missing_replicated", "on"))
     if vals("lost", "on"):
-        log("  RPO sync on            target 0 lost     achieved %d lost (%d missing, %d of them "
-            "reported as conflicts) %s" % (on_lost, on_missing, on_missing - on_lost,
-                                           "met" if on_lost == 0 else "NOT MET"))
+        log("  RPO sync on            target 0 lost     achieved %d lost, %d acknowledged as "
+            "replicated but missing (%d missing in all, %d reported as conflicts, the rest "
+            "degraded acks) %s" % (on_lost, on_repl, on_missing, on_missing - on_lost,
+                                   "met" if on_lost == 0 and on_repl == 0 else "NOT MET"))
     if vals("missing", "off"):
         log("  RPO sync off           target -          achieved %s missing (%s reported, %s "
             "lost)" % (" ".join("%s=%d" % (r.scenario, v) for r, v in vals("missing", "off")),
@@ -757,6 +829,11 @@ def main():
     log("  convergence            target all equal  achieved %d/%d runs equal%s %s" % (
         len(runs) - len(ne), len(runs),
         (", max %.1f s" % max(v for _, v in conv)) if conv else "", "met" if not ne else "NOT MET"))
+    hung = [(r, h) for r in runs for h in r.hung]
+    for r, (name, path) in hung:
+        log("drill: WARNING %s/%s: %s did not exit on SIGTERM (stacks in %s)" % (
+            r.scenario, r.sync, name, path))
+    log("drill: teardown problems=%d" % sum(len(r.problems) for r in runs))
     log("drill: passed=%d failed=%d skipped=%d" % (len(runs) - len(failed), len(failed), skipped))
     if failed or args.keep:
         log("drill: data and logs kept in %s" % base)
