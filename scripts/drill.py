@@ -645,7 +645,10 @@ class Run:
             except Exception as e:
                 self.say("no stacks: %r" % (e,))
             self.hung.append((n.name, out))
-            return n.stop(timeout=1)  # SIGTERM again, then SIGKILL; recorded as a problem
+            n.problems.append("pid %d did not exit within %.0fs of SIGTERM; killed (stacks in %s)"
+                              % (p.pid, itlib.STOP_TIMEOUT, out))
+            n.kill9()
+            return None
         n.proc = None
         itlib.LIVE.discard(n)
         if p.returncode != 0:
@@ -813,8 +816,8 @@ def main():
     on_repl = sum(v for _, v in vals("missing_replicated", "on"))
     if vals("lost", "on"):
         log("  RPO sync on            target 0 lost     achieved %d lost, %d acknowledged as "
-            "replicated but missing (%d missing in all, %d reported as conflicts, the rest "
-            "degraded acks) %s" % (on_lost, on_repl, on_missing, on_missing - on_lost,
+            "replicated but missing (%d missing in all, %d of them reported as conflicts) "
+            "%s" % (on_lost, on_repl, on_missing, on_missing - on_lost,
                                    "met" if on_lost == 0 and on_repl == 0 else "NOT MET"))
     if vals("missing", "off"):
         log("  RPO sync off           target -          achieved %s missing (%s reported, %s "
