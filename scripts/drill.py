@@ -694,6 +694,8 @@ class Run:
         if self.scenario == "d":
             parts += ["unseen_acks=" + f("unseen_acks"), "unseen_reported=" + f("unseen_reported"),
                       "restarted_writable=" + f("restarted_writable")]
+        if r.get("epoch_unknown"):
+            parts.append("epoch_unknown=%d" % r["epoch_unknown"])
         parts.append("FAIL" if self.fail else "ok")
         return " ".join(parts)
 
@@ -793,6 +795,7 @@ def main():
             except Exception:
                 pass
     if interrupted:
+        log("drill: data and logs kept in %s" % base)
         return 130
     failed = [r for r in runs if r.fail]
     log("")
