@@ -467,8 +467,10 @@ class Run:
                          "%d by %s" % (v, k) for k, v in sorted(by.items())), len(reported),
                          len(lost)))
         if self.sync == "on" and lost:
-            self.fail.append("%d acknowledged push(es) lost with sync on (not reported)" % len(lost))
-        self.result["missing_replicated"] = len(synced_missing) if required is not None else None
+            self.fail.append("%d acknowledged push(es) lost with sync on (not reported)"
+                             % len(lost))
+        self.result["missing_replicated"] = (len(synced_missing) if required is not None
+                                             else None)
         if synced_missing:
             self.fail.append("%d push(es) acknowledged as replicated (Georeg-Replicated >= %d) "
                              "missing on the new primary" % (len(synced_missing), required))
