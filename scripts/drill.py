@@ -843,7 +843,7 @@ def main():
             r.scenario, r.sync, name, path))
     log("drill: teardown problems=%d" % sum(len(r.problems) for r in runs))
     log("drill: passed=%d failed=%d skipped=%d" % (len(runs) - len(failed), len(failed), skipped))
-    if failed or args.keep:
+    if failed or hung or any(r.problems for r in runs) or args.keep:
         log("drill: data and logs kept in %s" % base)
     elif not args.workdir:
         shutil.rmtree(base, ignore_errors=True)
