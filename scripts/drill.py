@@ -234,9 +234,18 @@ class Run:
     # -- setup
     def start(self):
         repl = {}
-        if self.sync == "on":
-            repl["sync"] = dict(SYNC, replicas=self.args.sync_replicas)
-        self.nodes = self.cl.regions(NAMES, EU, filters={AP: AP_FILTER}, **repl)
+        sr = self.args.sync_replicas
+        if self.sync == "on" and sr != "eligible":
+            repl["sync"] = dict(SYNC, replicas=sr)
+        self.nodes = self.cl.regions(NAMES, EU, filters={AP: AP_FILTER}, start=False, **repl)
+        if self.sync == "on" and sr == "eligible":
+            # each node names the other regions that may become primary (a node may
+            # not name itself: it is not its own replica)
+            for n in NAMES:
+                self.nodes[n].repl["sync"] = dict(SYNC, replicas=[x for x in (EU, US)
+                                                                  if x != n])
+        for n in [US, AP, EU]:  # secondaries first, as Cluster.regions starts them
+            self.nodes[n].start()
         self.eu, self.us, self.ap = (self.nodes[n] for n in NAMES)
         itlib.wait_until(lambda: self.eu.status()["writable"], BOUND, interval=0.05,
                          what="eu-west writable")
@@ -443,7 +452,8 @@ class Run:
         self.result["conflicts_reported"] = len(reported)
         self.result["lost"] = len(lost)
         sr = self.args.sync_replicas
-        required = (sr if isinstance(sr, int) else len(sr)) if self.sync == "on" else None
+        required = ((sr if isinstance(sr, int) else 1 if sr == "eligible" else len(sr))
+                    if self.sync == "on" else None)
         synced_missing = [a for a in missing if required is not None
                           and a["replicated"] is not None and int(a["replicated"]) >= required]
         self.result["degraded_acks"] = (sum(1 for a in acks if a["replicated"] is not None
@@ -728,8 +738,9 @@ def main():
     ap.add_argument("--us-east-latency-ms", type=int, default=0,
                     help="extra one-way latency between eu-west and us-east (us-east lags)")
     ap.add_argument("--sync-replicas", default="1",
-                    help="replication.sync.replicas with sync on: a count (default 1) or "
-                         "names (us-east)")
+                    help="replication.sync.replicas with sync on: a count (default 1), "
+                         "names (the same on every node), or 'eligible': each node names the "
+                         "other regions that may be primary")
     ap.add_argument("--keep", action="store_true", help="keep the data and logs")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
@@ -739,7 +750,8 @@ def main():
     args.after = args.after or (10 if args.quick else 40)
     args.unseen = args.unseen or (3 if args.quick else 8)
     sr = args.sync_replicas
-    args.sync_replicas = int(sr) if sr.isdigit() else [x for x in sr.split(",") if x]
+    args.sync_replicas = (int(sr) if sr.isdigit() else sr if sr == "eligible"
+                          else [x for x in sr.split(",") if x])
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
