@@ -42,8 +42,21 @@ or when the regions do not converge within a generous bound. No other timing is
 asserted: RTO is printed against its target (< 10 s by hand).
 
 Every process the drill starts is stopped by PID at the end, also on failure,
-SIGINT or SIGTERM (Cluster.close). Data and logs live in a temporary directory,
-removed after a clean run (kept, and printed, otherwise or with --keep).
+SIGINT or SIGTERM (Cluster.close). A node that does not exit within 15 s of
+SIGTERM gets its threads' stacks written next to its log (gdb) before it is killed;
+`drill: teardown problems=N` counts such problems. Data and logs live in a
+temporary directory, removed after a clean run (kept, and printed, otherwise or
+with --keep).
+
+Options beyond the defaults (issue 9's configuration) to explore the edges:
+  --quick                  scenarios a and d, sync on, few pushes (test_drill.py)
+  --latency-ms N           one-way latency on every replication link (a WAN)
+  --us-east-latency-ms N   us-east lags: with sync `replicas: 1` the filtered
+                           ap-south may be the only replica that acknowledged a
+                           write, and promoting us-east then loses it (the drill
+                           forces the promotion, says so, and FAILs the run)
+  --sync-replicas eligible each node names the other primary-eligible region in
+                           replication.sync.replicas instead of a count
 """
 
 import argparse
