@@ -37,8 +37,9 @@ Per scenario one line `drill: scenario=X sync=on|off ...`:
   digests_equal  they do at the end
 Exit status 1 when, with sync on, an acknowledged push is lost (missing and not
 reported, or missing although the 201 said a replica had it); when two nodes
-acknowledged writes in one epoch; when a restarted old primary acknowledged a write;
-or when the regions do not converge within a generous bound. No other timing is
+acknowledged writes in one epoch; when a restarted old primary acknowledged a write,
+was not demoted, or dropped a write it had acknowledged without reporting it as a
+conflict (c, d); or when the regions do not converge within a generous bound. No other timing is
 asserted: RTO is printed against its target (< 10 s by hand).
 
 Every process the drill starts is stopped by PID at the end, also on failure,
@@ -240,6 +241,7 @@ class Run:
         self.closed = False
         self.hung = []
         self.problems = []
+        self.conflicts_on = {}
 
     def say(self, msg):
         log("  %s/%s: %s" % (self.scenario, self.sync, msg))
@@ -435,14 +437,16 @@ class Run:
     def conflicts(self, final_primary):
         """(repo, tag, old_digest) every node reports as a conflict."""
         out = set()
+        self.conflicts_on = {}
         for n in (self.eu, self.us, self.ap):
             if n is final_primary or not n.running():
                 continue
             r = n.req("GET", "/_georeg/v1/conflicts?all=true")
             if r.status != 200:
                 continue
-            for c in r.json().get("conflicts", []):
-                out.add((c["repo"], c["tag"], c["old_digest"]))
+            mine = {(c["repo"], c["tag"], c["old_digest"]) for c in r.json().get("conflicts", [])}
+            self.conflicts_on[n.name] = mine
+            out |= mine
         return out
 
     def account(self, final, final_state, conflict_wait_for=()):
@@ -582,7 +586,7 @@ class Run:
         acks = self.pusher.snapshot()
         iso = [x for x in acks if x["node"] == EU and x["t_sent"] >= self.t0]
         iso_after = [x for x in iso if x["t"] >= t_prom]
-        keys = {(x["repo"], x["tag"], x["digest"]) for x in reported}
+        keys = self.conflicts_on.get(EU, set())  # reported on it, the old primary
         self.result["isolated_acks"] = len(iso)
         self.result["isolated_acks_after_promotion"] = len(iso_after)
         self.result["divergent_reported"] = sum(
@@ -590,6 +594,7 @@ class Run:
         self.say("acknowledged by the isolated eu-west: %d after the partition, %d of them after "
                  "the promotion; divergent writes reported on it: %d" % (
                      len(iso), len(iso_after), self.result["divergent_reported"]))
+        self._unreported_on_old(iso, final_state)
 
     def scenario_d(self):
         a = self.args
@@ -635,12 +640,24 @@ class Run:
         self.pusher.stop()
         final_state = self.converge(t)
         missing, reported, lost = self.account(new, final_state)
-        keys = {(x["repo"], x["tag"], x["digest"]) for x in reported}
+        keys = self.conflicts_on.get(EU, set())  # reported on it, the old primary
         self.result["unseen_acks"] = len(unseen)
         self.result["unseen_reported"] = sum(1 for x in unseen
                                              if (x["repo"], x["tag"], x["digest"]) in keys)
         self.say("writes nobody else saw: %d acknowledged by eu-west, %d reported as conflicts "
                  "on it" % (len(unseen), self.result["unseen_reported"]))
+        self._unreported_on_old(unseen, final_state)
+
+    def _unreported_on_old(self, acks, final_state):
+        """c and d: what the old primary acknowledged and the cluster dropped must be
+        reported as a conflict on it (sync on or off)."""
+        keys = self.conflicts_on.get(EU, set())
+        bad = [x for x in acks if (x["repo"], x["tag"], x["digest"]) not in final_state
+               and (x["repo"], x["tag"], x["digest"]) not in keys]
+        if bad:
+            self.fail.append("%d write(s) the old primary acknowledged were dropped without a "
+                             "conflict on it (e.g. %s:%s)" % (len(bad), bad[0]["repo"],
+                                                               bad[0]["tag"]))
 
     def execute(self):
         self.start()
