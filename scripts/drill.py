@@ -248,19 +248,20 @@ class Run:
 
     # -- setup
     def start(self):
-        repl = {}
-        sr = self.args.sync_replicas
-        if self.sync == "on" and sr != "eligible":
-            repl["sync"] = dict(SYNC, replicas=sr)
-        self.nodes = self.cl.regions(NAMES, EU, filters={AP: AP_FILTER}, start=False, **repl)
-        if self.sync == "on" and sr == "eligible":
-            # each node names the other regions that may become primary (a node may
-            # not name itself: it is not its own replica)
-            for n in NAMES:
-                self.nodes[n].repl["sync"] = dict(SYNC, replicas=[x for x in (EU, US)
-                                                                  if x != n])
-        for n in [US, AP, EU]:  # secondaries first, as Cluster.regions starts them
-            self.nodes[n].start()
+        for attempt in range(3):
+            try:
+                self._start_nodes()
+                break
+            except RuntimeError as e:
+                # a port free_port() picked may be taken in the meantime (other runs
+                # share the machine): a fresh cluster on other ports, as Cluster.add does
+                if attempt == 2 or "during startup" not in str(e):
+                    raise
+                why = [x for x in str(e).splitlines() if "level=error" in x] or \
+                    [str(e).splitlines()[0]]
+                self.say("a node did not start (%s): again on other ports" % why[0][-200:])
+                self.cl.close()
+                self.cl = C.Cluster("%s-%d" % (self.dir, attempt + 1), label=self.label)
         self.eu, self.us, self.ap = (self.nodes[n] for n in NAMES)
         itlib.wait_until(lambda: self.eu.status()["writable"], BOUND, interval=0.05,
                          what="eu-west writable")
@@ -276,6 +277,21 @@ class Run:
         self.pusher = Pusher(self.label)
         self.pusher.set_targets([self.eu])
         self.pusher.start()
+
+    def _start_nodes(self):
+        repl = {}
+        sr = self.args.sync_replicas
+        if self.sync == "on" and sr != "eligible":
+            repl["sync"] = dict(SYNC, replicas=sr)
+        self.nodes = self.cl.regions(NAMES, EU, filters={AP: AP_FILTER}, start=False, **repl)
+        if self.sync == "on" and sr == "eligible":
+            # each node names the other regions that may become primary (a node may
+            # not name itself: it is not its own replica)
+            for n in NAMES:
+                self.nodes[n].repl["sync"] = dict(SYNC, replicas=[x for x in (EU, US)
+                                                                  if x != n])
+        for n in [US, AP, EU]:  # secondaries first, as Cluster.regions starts them
+            self.nodes[n].start()
 
     def wait_acks(self, node, n, since=None, what=None):
         """Until the pusher has n acks from node (since a time); bounded."""
