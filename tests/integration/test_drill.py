@@ -56,5 +56,9 @@ def test_quick_drill_passes(tmp_path):
     d = [x for x in lines if "scenario=d" in x][0]
     assert "restarted_writable=no" in d, d
     assert re.search(r"^drill: passed=2 failed=0 skipped=0$", out, re.M), out[-4000:]
-    # every node exited 0 on SIGTERM (a hang is printed with the node's stacks)
-    assert re.search(r"^drill: teardown problems=0$", out, re.M), out[-8000:]
+    # every node exited 0 on SIGTERM, as every integration test demands of its nodes
+    # (a node still running 15 s after SIGTERM has its stacks in hang-stacks.txt
+    # next to its log, in the drill's work dir under tmp_path)
+    hung = re.findall(r"^drill: WARNING .*$", out, re.M)
+    assert re.search(r"^drill: teardown problems=0$", out, re.M), (
+        "georeg nodes did not stop cleanly:\n%s\n%s" % ("\n".join(hung), out[-8000:]))
