@@ -40,7 +40,7 @@ UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: all asan run test unit integration bench cluster compose-test fmt lint clean deps \
-        test-tools fuzz fuzz-regress
+        test-tools fuzz fuzz-regress drill
 all: $(BUILD)/georeg
 
 # ---- dependencies: install what is missing, once per build dir ----
@@ -96,6 +96,12 @@ run: all
 
 cluster: all
 	bash scripts/cluster.sh start
+
+# the failover drill (issue 9 section 9): kill -9, partition, return of the old
+# primary, sync off and on, on fresh loopback clusters; DRILL_ARGS=--quick for less
+drill: all build/faultproxy
+	FAULTPROXY_BIN=$(abspath build/faultproxy) GEOREG_CERTS_SCRIPT=$(abspath scripts/gen-certs.sh) \
+	    GEOREG_BIN=$(abspath $(BUILD)/georeg) PYTHON=$(PYTHON) bash scripts/drill.sh $(DRILL_ARGS)
 
 # ---- tests ----
 test-tools:
