@@ -59,6 +59,15 @@ list_del(struct sync_state *s, struct repl_sync_waiter *w)
 }
 
 /* required_text writes the requirement for log lines: "2" or "us-east,ap-south". */
+/* counts_for_sync: a replica whose acknowledgement makes a write safe: it holds
+ * everything (no filter) and, in a cluster, may become primary. A filtered replica
+ * acknowledges writes it filters out without holding them. */
+static bool
+counts_for_sync(repl *r, const struct replica *rp)
+{
+    return !rp->filtered && (!r->cluster || repl_may_be_primary(r, rp->name));
+}
+
 static void
 required_text(const struct sync_state *s, char *out, size_t n)
 {
@@ -141,11 +150,14 @@ sync_init(repl *r, const struct repl_sync_options *o)
                   SYNC_MAX_REPLICAS);
         return ERR_CONFIG;
     }
-    if (s->need > r->nreplicas) {
+    size_t countable = 0;
+    for (size_t j = 0; j < r->nreplicas; j++)
+        countable += counts_for_sync(r, &r->replicas[j]);
+    if (s->need > countable) {
         log_error("REPL-CONFIG",
                   "replication.sync.replicas=%u replicas=%zu error=\"more acknowledgements "
-                  "required than replicas configured\"",
-                  s->need, r->nreplicas);
+                  "required than replicas that could take over (unfiltered%s)\"",
+                  s->need, countable, r->cluster ? ", primary_eligible" : "");
         return ERR_CONFIG;
     }
     for (size_t i = 0; i < s->nnames; i++) {
@@ -153,6 +165,12 @@ sync_init(repl *r, const struct repl_sync_options *o)
         for (size_t j = 0; j < r->nreplicas; j++)
             if (strcmp(r->replicas[j].name, s->names[i]) == 0)
                 k = j;
+        if (k == r->nreplicas && r->cluster && strcmp(s->names[i], r->node_name) == 0) {
+            /* one description for every node: while this node is primary its own
+             * name is not a replica and asks for nothing */
+            s->idx[i] = SIZE_MAX;
+            continue;
+        }
         if (k == r->nreplicas) {
             log_error("REPL-CONFIG", "replication.sync.replicas=%s error=\"no replica of that "
                                      "name in replication.replicas\"",
@@ -207,6 +225,8 @@ sync_point(repl *r)
     if (s->nnames) {
         uint64_t p = UINT64_MAX;
         for (size_t i = 0; i < s->nnames; i++) {
+            if (s->idx[i] == SIZE_MAX)
+                continue; /* this node itself */
             uint64_t a = acked_of(&r->replicas[s->idx[i]]);
             if (a < p)
                 p = a;
@@ -216,7 +236,7 @@ sync_point(repl *r)
     uint64_t a[SYNC_MAX_REPLICAS];
     size_t n = r->nreplicas;
     for (size_t i = 0; i < n; i++)
-        a[i] = acked_of(&r->replicas[i]);
+        a[i] = counts_for_sync(r, &r->replicas[i]) ? acked_of(&r->replicas[i]) : 0;
     /* the need-th highest acknowledged sequence */
     uint64_t best = 0;
     for (size_t i = 0; i < n; i++) {
@@ -236,7 +256,7 @@ repl_sync_replicated(repl *r, uint64_t seq)
     if (!r->primary)
         return 0;
     for (size_t i = 0; i < r->nreplicas; i++)
-        n += acked_of(&r->replicas[i]) >= seq;
+        n += counts_for_sync(r, &r->replicas[i]) && acked_of(&r->replicas[i]) >= seq;
     return n;
 }
 
