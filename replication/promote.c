@@ -136,7 +136,7 @@ probe_main(void *arg)
     p->ack_env = env; /* its history is learned on the caller's thread */
     env = NULL;
 out:
-    nng_close(s);
+    repl_close_bounded(r, &s, 1, PROBE_TIMEOUT_MS);
 out0:
     if (env)
         georeg__repl__envelope__free_unpacked(env, NULL);
@@ -216,6 +216,24 @@ repl_promote_as(repl *r, enum promote_mode mode, buf *out)
     for (size_t i = 0; i < r->nreplicas; i++)
         if (ps[i].started)
             pthread_join(ps[i].thread, NULL);
+    /* a region that took the connection and dropped it is busy with a primary it
+     * still hears from (within two heartbeats): once more, after that */
+    bool again = false;
+    for (size_t i = 0; i < r->nreplicas; i++)
+        again = again || (!ps[i].answered && !strcmp(ps[i].error, "no answer"));
+    if (again) {
+        usleep((useconds_t)((r->heartbeat_ms * 2 + 600) * 1000));
+        for (size_t i = 0; i < r->nreplicas; i++) {
+            struct probe *p = &ps[i];
+            p->started = false;
+            if (p->answered || strcmp(p->error, "no answer"))
+                continue;
+            p->started = pthread_create(&p->thread, NULL, probe_main, p) == 0;
+        }
+        for (size_t i = 0; i < r->nreplicas; i++)
+            if (ps[i].started)
+                pthread_join(ps[i].thread, NULL);
+    }
 
     /* what the others know first: a newer promotion anywhere raises our epoch */
     for (size_t i = 0; i < r->nreplicas; i++) {

@@ -438,8 +438,8 @@ on_replica_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
  * recently: then the newcomer is refused. So two primaries (a replaced one that
  * has not learned it yet, and the new one) cannot take the connection from each
  * other; the replaced one learns from the new primary, which dials every region,
- * and stops dialing. A followed connection that went silent (a partition) is
- * replaced. */
+ * and stops dialing. A followed connection silent for two heartbeats (a partition)
+ * is replaced. */
 static void
 on_receiver_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
@@ -453,8 +453,11 @@ on_receiver_pipe(nng_pipe p, nng_pipe_ev ev, void *arg)
         pthread_mutex_lock(&r->smu);
         uint64_t contact = r->last_contact_ms;
         pthread_mutex_unlock(&r->smu);
-        uint64_t silent = r->heartbeat_ms * 4 < 4000 ? 4000 : r->heartbeat_ms * 4;
-        if (followed == cur && contact && clock_wall_ms() - contact < silent) {
+        /* live: heard from within two heartbeats (a primary with nothing to send
+         * heartbeats; one that cannot, across a partition, is not worth keeping a
+         * candidate's probe out for) */
+        uint64_t live = r->heartbeat_ms * 2 + 500;
+        if (followed == cur && contact && clock_wall_ms() - contact < live) {
             atomic_fetch_add(&r->rpipes_refused, 1);
             nng_pipe_close(p); /* the followed primary is alive: keep it */
             return;
@@ -617,30 +620,24 @@ close_main(void *arg)
     return NULL;
 }
 
-static void
-close_sockets(repl *r)
+bool
+repl_close_bounded(repl *r, const nng_socket *socks, size_t n, uint64_t timeout_ms)
 {
     struct closer *c = calloc(1, sizeof *c);
     if (!c) {
-        for (size_t i = 0; i < r->nreplicas; i++)
-            if (r->replicas[i].sock_open)
-                nng_close(r->replicas[i].sock);
-        if (r->rsock_open)
-            nng_close(r->rsock);
-        goto out;
+        for (size_t i = 0; i < n; i++)
+            nng_close(socks[i]);
+        return true;
     }
-    for (size_t i = 0; i < r->nreplicas && c->n < CLOSE_MAX_SOCKS - 1; i++)
-        if (r->replicas[i].sock_open)
-            c->socks[c->n++] = r->replicas[i].sock;
-    if (r->rsock_open)
-        c->socks[c->n++] = r->rsock;
+    for (size_t i = 0; i < n && c->n < CLOSE_MAX_SOCKS; i++)
+        c->socks[c->n++] = socks[i];
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     pthread_t t;
     if (pthread_create(&t, NULL, close_main, c) != 0) {
         close_main(c);
     } else {
-        struct timespec ts = clock_wall_deadline(REPL_CLOSE_TIMEOUT_MS);
+        struct timespec ts = clock_wall_deadline(timeout_ms);
         pthread_mutex_lock(&c->mu);
         while (!c->done)
             if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) != 0)
@@ -648,19 +645,32 @@ close_sockets(repl *r)
         bool done = c->done;
         pthread_mutex_unlock(&c->mu);
         if (!done) {
-            log_warn("REPL-CLOSE-STUCK", "sockets=%zu timeout_ms=%d msg=\"nng did not close its "
-                     "connections in time; exiting without waiting\"",
-                     c->n, REPL_CLOSE_TIMEOUT_MS);
+            log_warn("REPL-CLOSE-STUCK", "sockets=%zu timeout_ms=%llu msg=\"nng did not close "
+                     "its connections in time; going on without waiting\"",
+                     c->n, (unsigned long long)timeout_ms);
             pthread_detach(t);
-            r->close_stuck = true;
-            goto out; /* c stays with the thread */
+            atomic_store(&r->close_stuck, true);
+            return false; /* c stays with the thread */
         }
         pthread_join(t, NULL);
     }
     pthread_mutex_destroy(&c->mu);
     pthread_cond_destroy(&c->cv);
     free(c);
-out:
+    return true;
+}
+
+static void
+close_sockets(repl *r)
+{
+    nng_socket socks[CLOSE_MAX_SOCKS];
+    size_t n = 0;
+    for (size_t i = 0; i < r->nreplicas && n < CLOSE_MAX_SOCKS - 1; i++)
+        if (r->replicas[i].sock_open)
+            socks[n++] = r->replicas[i].sock;
+    if (r->rsock_open)
+        socks[n++] = r->rsock;
+    repl_close_bounded(r, socks, n, REPL_CLOSE_TIMEOUT_MS);
     for (size_t i = 0; i < r->nreplicas; i++)
         r->replicas[i].sock_open = false;
     r->rsock_open = false;
@@ -701,7 +711,7 @@ repl_free(repl *r)
     if (!r)
         return;
     repl_stop(r);
-    if (r->close_stuck)
+    if (atomic_load(&r->close_stuck))
         return; /* nng may still call into it: it lives until the process ends */
     failover_free(r);
     for (size_t i = 0; i < r->nreplicas; i++) {
@@ -730,7 +740,7 @@ repl_free(repl *r)
 bool
 repl_close_stuck(repl *r)
 {
-    return r->close_stuck;
+    return atomic_load(&r->close_stuck);
 }
 
 bool

@@ -193,7 +193,7 @@ struct repl {
     _Atomic uint64_t epoch;
     _Atomic bool demoted; /* a higher epoch was seen: stop accepting writes */
     _Atomic bool stopping;
-    bool close_stuck;     /* repl_stop gave up waiting for nng_close */
+    _Atomic bool close_stuck; /* gave up waiting for an nng_close (repl_close_bounded) */
     struct failover *fo;  /* automatic failover through etcd (NULL: off) */
     _Atomic uint64_t stale_epoch_rejects;
     _Atomic uint64_t forged_rejects;
@@ -311,6 +311,11 @@ void repl_demote(repl *r, const char *why);
 void repl_become_primary(repl *r);
 /* repl_check_confirmed ends `confirming` once a majority follows at our epoch. */
 void repl_check_confirmed(repl *r);
+
+/* repl_close_bounded closes n sockets on a thread of its own and waits for at most
+ * timeout_ms (nng 1.5's nng_close can wait for minutes on a TLS pipe); false when it
+ * gave up: close_stuck is set and the process must end without nng_fini. */
+bool repl_close_bounded(repl *r, const nng_socket *socks, size_t n, uint64_t timeout_ms);
 
 /* promote.c: ASK refuses on any reason, ELECTED (won the etcd key) promotes over a
  * primary whose lease lapsed and over regions ahead that may not be primary, FORCE
