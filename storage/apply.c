@@ -149,31 +149,69 @@ out:
     return e;
 }
 
-static const enum store_cf reset_cfs[] = {CF_BLOB_LINKS, CF_MANIFEST_LINKS, CF_TAGS,
-                                          CF_TAG_INDEX,  CF_REFERRERS,      CF_REPOS};
-
 err
 store_resync_begin(store *s)
 {
     rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
-    char lo[1] = {0}, hi[4] = {'\xff', '\xff', '\xff', '\xff'};
-    for (size_t i = 0; i < sizeof reset_cfs / sizeof reset_cfs[0]; i++)
-        rocksdb_writebatch_delete_range_cf(wb, s->cf[reset_cfs[i]], lo, 0, hi, sizeof hi);
-    /* replicated metadata (identities, grants) too: the snapshot sends every key the
-     * primary has, so a key deleted there while this node was away must not survive
-     * ("r/" up to "r0", the next byte after '/') */
+    /* Links, tags, referrers and the catalog stay readable during the resync (a
+     * secondary keeps serving what it holds): every one the snapshot writes gets a
+     * marker, and store_resync_end removes the unmarked rest. Markers of an earlier,
+     * unfinished resync go first: they describe another snapshot. */
+    rocksdb_writebatch_delete_range_cf(wb, s->cf[CF_DEFAULT], "x/", 2, "x0", 2);
+    batch_put(s, wb, CF_DEFAULT, RESYNC_MARK_KEY, strlen(RESYNC_MARK_KEY), "1", 1);
+    /* replicated metadata (identities, grants) goes now: the snapshot sends every key
+     * the primary has, and an identity deleted there must not authenticate here
+     * meanwhile ("r/" up to "r0", the next byte after '/') */
     rocksdb_writebatch_delete_range_cf(wb, s->cf[CF_DEFAULT], "r/", 2, "r0", 2);
-    /* with the state gone, nothing is applied: a restart in the middle of the resync
-     * must not resume streaming from the old position over a partial state */
+    /* nothing is applied: a restart in the middle of the resync must not resume
+     * streaming from the old position over a partial state */
     put_applied(s, wb, 0);
     pthread_mutex_lock(&s->commit_mu);
     err e = commit_locked(s, wb, NULL);
-    if (!e)
+    if (!e) {
         s->applied = 0;
+        atomic_store(&s->resync_marking, true);
+    }
     atomic_fetch_add(&s->rmeta_version, 1); /* identities are reloaded */
     pthread_mutex_unlock(&s->commit_mu);
     rocksdb_writebatch_destroy(wb);
     log_info("STORE-RESYNC-BEGIN", "dir=%s", s->dir);
+    return e;
+}
+
+/* sweep_unmarked adds to wb the deletion of every key of cf without a marker. */
+static err
+sweep_unmarked(store *s, rocksdb_writebatch_t *wb, enum store_cf cf, uint64_t *swept)
+{
+    rocksdb_iterator_t *it = db_iter(s, s->ro, cf);
+    buf m = BUF_INIT, v = BUF_INIT;
+    err e = ERR_OK;
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl;
+        const char *k = rocksdb_iter_key(it, &kl);
+        buf_reset(&m);
+        char pre[3] = {'x', '/', (char)cf};
+        if (buf_add(&m, pre, 3) || buf_add(&m, k, kl)) {
+            e = ERR_NOMEM;
+            break;
+        }
+        err g = rget(s, CF_DEFAULT, 0, m.ptr, m.len, &v);
+        if (g == ERR_NOT_FOUND) {
+            batch_del(s, wb, cf, k, kl);
+            (*swept)++;
+        } else if (g) {
+            e = g;
+            break;
+        }
+    }
+    if (!e) {
+        char *msg = NULL;
+        rocksdb_iter_get_error(it, &msg);
+        e = rdb_err("iter", msg);
+    }
+    db_iter_end(s, it);
+    buf_release(&m);
+    buf_release(&v);
     return e;
 }
 
@@ -207,6 +245,18 @@ store_resync_end(store *s, uint64_t snapshot_seq)
 {
     rocksdb_writebatch_t *wb = rocksdb_writebatch_create();
     char a[8], b[8], h[8];
+    uint64_t swept = 0;
+    static const enum store_cf marked[] = {CF_BLOB_LINKS, CF_MANIFEST_LINKS, CF_TAGS,
+                                           CF_TAG_INDEX,  CF_REFERRERS,      CF_REPOS};
+    for (size_t i = 0; i < sizeof marked / sizeof marked[0]; i++) {
+        err se = sweep_unmarked(s, wb, marked[i], &swept);
+        if (se) {
+            rocksdb_writebatch_destroy(wb);
+            return se;
+        }
+    }
+    rocksdb_writebatch_delete_range_cf(wb, s->cf[CF_DEFAULT], "x/", 2, "x0", 2);
+    batch_del(s, wb, CF_DEFAULT, RESYNC_MARK_KEY, strlen(RESYNC_MARK_KEY));
     put_u64be(a, 0);
     put_u64be(b, UINT64_MAX);
     rocksdb_writebatch_delete_range_cf(wb, s->cf[CF_REPLOG], a, 8, b, 8);
@@ -218,10 +268,12 @@ store_resync_end(store *s, uint64_t snapshot_seq)
     if (!e) {
         s->applied = snapshot_seq;
         s->head = snapshot_seq;
+        atomic_store(&s->resync_marking, false);
     }
     pthread_mutex_unlock(&s->commit_mu);
     rocksdb_writebatch_destroy(wb);
-    log_info("STORE-RESYNC-END", "applied=%llu", (unsigned long long)snapshot_seq);
+    log_info("STORE-RESYNC-END", "applied=%llu swept=%llu", (unsigned long long)snapshot_seq,
+             (unsigned long long)swept);
     return e;
 }
 

@@ -217,11 +217,32 @@ struct batch {
     rocksdb_writebatch_t *wb;
 };
 
+bool
+resync_marked_cf(enum store_cf cf)
+{
+    return cf == CF_BLOB_LINKS || cf == CF_MANIFEST_LINKS || cf == CF_TAGS ||
+           cf == CF_TAG_INDEX || cf == CF_REFERRERS || cf == CF_REPOS;
+}
+
 void
 batch_put(store *s, rocksdb_writebatch_t *wb, enum store_cf cf, const char *k, size_t klen,
           const char *v, size_t vlen)
 {
     rocksdb_writebatch_put_cf(wb, s->cf[cf], k, klen, v, vlen);
+    if (atomic_load(&s->resync_marking) && resync_marked_cf(cf)) {
+        /* "x/" <cf> <key>: this key belongs to the state being rebuilt */
+        char small[512];
+        char *m = klen + 3 <= sizeof small ? small : malloc(klen + 3);
+        if (!m)
+            return; /* unmarked: swept at the end, resent by the next resync */
+        m[0] = 'x';
+        m[1] = '/';
+        m[2] = (char)cf;
+        memcpy(m + 3, k, klen);
+        rocksdb_writebatch_put_cf(wb, s->cf[CF_DEFAULT], m, klen + 3, "", 0);
+        if (m != small)
+            free(m);
+    }
 }
 
 void
@@ -379,6 +400,9 @@ load_head(store *s)
     db_iter_end(s, it);
     /* A trimmed-empty log keeps its head in metadata. */
     buf v = BUF_INIT;
+    if (rget(s, CF_DEFAULT, 0, RESYNC_MARK_KEY, strlen(RESYNC_MARK_KEY), &v) == ERR_OK)
+        atomic_store(&s->resync_marking, true);
+    buf_reset(&v);
     if (rget(s, CF_DEFAULT, 0, "m/log_head", 10, &v) == ERR_OK && v.len == 8) {
         uint64_t h = get_u64le(v.ptr);
         if (h > s->head)

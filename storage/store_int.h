@@ -68,6 +68,9 @@ struct store {
     uint64_t inline_max;
     rocksdb_t *db;
     rocksdb_column_family_handle_t *cf[CF__COUNT];
+    /* inside a resync: every link, tag and catalog entry written gets a marker, and
+     * the end sweeps what has none (the old state stays readable meanwhile) */
+    _Atomic bool resync_marking;
     rocksdb_options_t *opts;
     rocksdb_block_based_table_options_t *bbto;
     rocksdb_cache_t *cache;
@@ -114,6 +117,10 @@ void put_u64le(char *p, uint64_t v);
 uint64_t get_u64le(const char *p);
 err key2(buf *k, const char *a, const char *b);
 err rget(store *s, enum store_cf cf, unsigned flags, const char *k, size_t klen, buf *out);
+/* RESYNC_MARK_KEY: persisted while a resync marks (a restart resumes marking). */
+#define RESYNC_MARK_KEY "m/resync_marking"
+/* resync_marked_cf: the column families a resync rebuilds (marked, then swept). */
+bool resync_marked_cf(enum store_cf cf);
 void batch_put(store *s, rocksdb_writebatch_t *wb, enum store_cf cf, const char *k, size_t klen,
                const char *v, size_t vlen);
 void batch_del(store *s, rocksdb_writebatch_t *wb, enum store_cf cf, const char *k, size_t klen);

@@ -52,9 +52,11 @@
 static err fuzz_store_apply(store *s, const struct store_event *ev,
                             const struct store_apply_extra *x);
 #define wire_send fuzz_wire_send
+#define wire_send_to fuzz_wire_send_to
 #define store_apply fuzz_store_apply
 #include "replication/receiver.c"
 #undef wire_send
+#undef wire_send_to
 #undef store_apply
 
 #define FUZZ_NAME "fuzz_repl"
@@ -67,6 +69,14 @@ repl_refuse(repl *r, enum repl_refusal why, const char *peer, const char *detail
     (void)peer;
     (void)detail;
     atomic_fetch_add(&r->refused[why], 1);
+}
+
+/* nor is its role switch: a fuzzed secondary stays one. */
+void
+repl_demote(repl *r, const char *why)
+{
+    (void)r;
+    (void)why;
 }
 
 /* node/api/meta_validate.c is not linked either: metadata under id/ goes on to
@@ -138,6 +148,9 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     R.rsock = (nng_socket)NNG_SOCKET_INITIALIZER; /* never used: replies go to fuzz_wire_send */
     pthread_mutex_init(&R.smu, NULL);
     pthread_mutex_init(&R.wake_mu, NULL);
+    pthread_mutex_init(&R.hmu, NULL);
+    hist_init(&R.hist);
+    hist_init(&R.known);
     pthread_cond_init(&R.wake_cv, NULL);
     return 0;
 }
@@ -223,6 +236,14 @@ fuzz_wire_send(repl *r, nng_socket s, envelope *env, uint64_t msg_id)
     return ERR_OK;
 }
 
+/* replies to one pipe (wire_send_to in receiver.c) go the same way */
+err
+fuzz_wire_send_to(repl *r, nng_socket s, uint32_t pipe, envelope *env)
+{
+    (void)pipe;
+    return fuzz_wire_send(r, s, env, 0);
+}
+
 static bool
 meta_key_ok(slice k)
 {
@@ -288,6 +309,13 @@ reset_receiver(uint8_t flags)
 {
     atomic_store(&R.epoch, 1);
     atomic_store(&R.demoted, false);
+    /* promotion records one input taught it (unsigned: no keys) go with it */
+    pthread_mutex_lock(&R.hmu);
+    R.hist.n = 0;
+    R.hist.base_epoch = 1;
+    R.known.n = 0;
+    R.known.base_epoch = 1;
+    pthread_mutex_unlock(&R.hmu);
     pthread_mutex_lock(&R.smu);
     R.resyncing = flags & 1;
     R.resync_bytes = 0;
@@ -311,6 +339,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t flags = data[0];
     reset_receiver(flags);
     struct recv rc = {.r = &R, .url_configured = (flags & 2) != 0, .pipe = 1};
+    hist_init(&rc.pending);
     /* unless flag 4 is set, the connection is taken as proven by the first frame's
      * sender at its epoch (a development listener without keys: no signature), so the
      * validation behind the peer checks is reached */
@@ -347,6 +376,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         georeg__repl__envelope__free_unpacked(env, NULL);
     }
     ingest_drop(&rc); /* as receiver_main does when the connection changes */
+    hist_release(&rc.pending);
     return 0;
 }
 

@@ -1990,6 +1990,48 @@ test_resync_drops_replicated_metadata(void **state)
     buf_release(&v);
 }
 
+/* A resync keeps serving what the node holds until it ends (issue 9 §7), then the
+ * links, tags and catalog entries the snapshot did not resend are gone; across a
+ * restart in the middle, the marking goes on. */
+static void
+test_resync_serves_until_it_ends(void **state)
+{
+    struct fx *f = *state;
+    char da[DIGEST_MAX], db[DIGEST_MAX];
+    assert_int_equal(digest_of(DIGEST_SHA256, "aaaa", 4, da), ERR_OK);
+    assert_int_equal(digest_of(DIGEST_SHA256, "bbbb", 4, db), ERR_OK);
+    assert_int_equal(store_blob_put(f->s, "keep/r", da, "aaaa", 4), ERR_OK);
+    assert_int_equal(store_blob_put(f->s, "keep/r", db, "bbbb", 4), ERR_OK);
+    assert_int_equal(store_blob_put(f->s, "gone/r", db, "bbbb", 4), ERR_OK);
+    assert_int_equal(store_resync_begin(f->s), ERR_OK);
+    struct store_blob b;
+    /* still served while the snapshot streams */
+    assert_int_equal(store_blob_get(f->s, "keep/r", db, 0, false, &b), ERR_OK);
+    store_blob_release(&b);
+    assert_true(store_repo_exists(f->s, "gone/r"));
+    struct store_event ev = {.type = EV_BLOB_LINK, .repo = slice_of_cstr("keep/r"),
+                             .digest = slice_of_cstr(da), .size = 4};
+    assert_int_equal(store_apply(f->s, &ev, NULL), ERR_OK);
+    fx_reopen(f); /* a restart in the middle: marking continues */
+    assert_int_equal(store_resync_begin(f->s), ERR_OK); /* the primary starts it over */
+    assert_int_equal(store_apply(f->s, &ev, NULL), ERR_OK);
+    assert_int_equal(store_resync_end(f->s, 7), ERR_OK);
+    assert_int_equal(store_blob_get(f->s, "keep/r", da, 0, false, &b), ERR_OK);
+    store_blob_release(&b);
+    assert_int_equal(store_blob_get(f->s, "keep/r", db, 0, false, &b), ERR_BLOB_UNKNOWN);
+    assert_int_equal(store_blob_get(f->s, "gone/r", db, 0, false, &b), ERR_BLOB_UNKNOWN);
+    assert_false(store_repo_exists(f->s, "gone/r"));
+    assert_true(store_repo_exists(f->s, "keep/r"));
+    assert_int_equal(store_applied_seq(f->s), 7);
+    /* after the end nothing is marked any more: a later link is not swept */
+    struct store_event ev2 = {.seq = 8, .type = EV_BLOB_LINK, .repo = slice_of_cstr("keep/r"),
+                              .digest = slice_of_cstr(db), .size = 4};
+    assert_int_equal(store_apply(f->s, &ev2, NULL), ERR_OK);
+    fx_reopen(f);
+    assert_int_equal(store_blob_get(f->s, "keep/r", db, 0, false, &b), ERR_OK);
+    store_blob_release(&b);
+}
+
 static void
 test_meta(void **state)
 {
@@ -2090,6 +2132,7 @@ main(void)
         T_NOSYNC(test_concurrent_writers),
         T(test_meta),
         T(test_resync_drops_replicated_metadata),
+        T(test_resync_serves_until_it_ends),
         T(test_open_errors),
 #undef T
 #undef T_NOSYNC
