@@ -609,6 +609,7 @@ cfg_load(struct cfg *c, const char *path, char *why, size_t why_len)
     struct flat f = {0};
     err e = ERR_OK;
     why[0] = '\0';
+    str_copy(c->config_path, sizeof c->config_path, path ? path : "");
     if (path) {
         FILE *fp = fopen(path, "r");
         if (!fp) {

@@ -39,6 +39,7 @@ struct cfg_tls {
 };
 
 struct cfg {
+    char config_path[1024]; /* the file it was loaded from ("" for none): reloads */
     /* node */
     char name[64];
     char data_dir[1024];

@@ -45,6 +45,58 @@ filter_of(const struct cfg_replica *cr, struct repl_filter *f)
     globs_of(&cr->exclude_tags, f->exclude_tags, &f->nexclude_tags);
 }
 
+/* regions_of lends c's cluster regions to rg (CFG_MAX_REPLICAS entries); returns
+ * this node's own URL from them, or NULL. */
+static const char *
+regions_of(const struct cfg *c, struct repl_region *rg)
+{
+    const char *self_url = NULL;
+    memset(rg, 0, CFG_MAX_REPLICAS * sizeof *rg);
+    for (size_t i = 0; i < c->nregions; i++) {
+        const struct cfg_replica *cr = &c->regions[i];
+        rg[i].name = cr->name;
+        rg[i].address = cr->address;
+        rg[i].url = cr->url;
+        rg[i].eligible = cr->eligible;
+        filter_of(cr, &rg[i].filter);
+        if (strcmp(cr->name, c->name) == 0 && cr->url[0])
+            self_url = cr->url;
+    }
+    return self_url;
+}
+
+err
+node_reload_cluster(struct node *n, buf *out)
+{
+    struct cfg *c = calloc(1, sizeof *c);
+    char why[512];
+    err e = ERR_NOMEM;
+    if (!c)
+        goto out;
+    cfg_defaults(c);
+    if (!n->cfg->config_path[0]) {
+        snprintf(why, sizeof why, "the node was started without --config: nothing to reload");
+        e = ERR_INVALID;
+    } else if ((e = cfg_load(c, n->cfg->config_path, why, sizeof why)) == ERR_OK) {
+        struct repl_region rg[CFG_MAX_REPLICAS];
+        regions_of(c, rg);
+        /* the cluster description only; every other key needs a restart */
+        e = repl_reload(n->repl, rg, c->nregions, out);
+        goto out;
+    } else {
+        e = ERR_INVALID;
+    }
+    buf_adds(out, "{\"reloaded\":false,\"error\":");
+    buf_add_json_str(out, why, strlen(why));
+    buf_addc(out, '}');
+    log_warn("REPL-RELOAD", "ok=0 error=\"%s\"", why);
+out:
+    if (c)
+        cfg_release(c);
+    free(c);
+    return e;
+}
+
 /* open_repl builds the replication options from the frozen config. */
 static err
 open_repl(struct node *n)
@@ -59,18 +111,7 @@ open_repl(struct node *n)
         filter_of(cr, &ro[i].filter);
     }
     struct repl_region rg[CFG_MAX_REPLICAS];
-    memset(rg, 0, sizeof rg);
-    const char *self_url = NULL;
-    for (size_t i = 0; i < c->nregions; i++) {
-        const struct cfg_replica *cr = &c->regions[i];
-        rg[i].name = cr->name;
-        rg[i].address = cr->address;
-        rg[i].url = cr->url;
-        rg[i].eligible = cr->eligible;
-        filter_of(cr, &rg[i].filter);
-        if (strcmp(cr->name, c->name) == 0 && cr->url[0])
-            self_url = cr->url;
-    }
+    const char *self_url = regions_of(c, rg);
     char url[300];
     if (c->public_url[0])
         str_copy(url, sizeof url, c->public_url);
@@ -263,6 +304,11 @@ reload_work(uv_work_t *w)
 {
     struct node *n = w->data;
     http_server_reload_tls(n->http);
+    if (n->cfg->nregions) {
+        buf out = BUF_INIT;
+        node_reload_cluster(n, &out); /* logged (REPL-RELOAD) either way */
+        buf_release(&out);
+    }
 }
 
 static void
@@ -270,7 +316,7 @@ on_sighup(uv_signal_t *h, int signo)
 {
     struct run_ctx *rc = h->data;
     (void)signo;
-    log_info("NODE-SIGNAL", "signal=HUP action=reload_tls");
+    log_info("NODE-SIGNAL", "signal=HUP action=reload (TLS certificates, cluster.regions)");
     uv_work_t *w = calloc(1, sizeof *w);
     if (!w)
         return;

@@ -41,6 +41,10 @@ struct node {
 err node_open(const struct cfg *cfg, struct node **out);
 /* node_run serves until SIGTERM or SIGINT, then drains and returns. */
 err node_run(struct node *n);
+/* node_reload_cluster re-reads the config file's cluster description and applies it
+ * (repl_reload); out gets its JSON report. ERR_INVALID when refused (nothing
+ * changed). Blocks briefly: call it off the event loop. */
+err node_reload_cluster(struct node *n, buf *out);
 /* node_nng_stuck: replication could not close its connections at shutdown (nng
  * kept waiting); the process must then exit without nng_fini. */
 bool node_nng_stuck(const struct node *n);

@@ -326,12 +326,12 @@ prune_known_locked(repl *r)
 bool
 repl_may_be_primary(repl *r, const char *name)
 {
-    if (!r->nprimaries)
-        return true;
-    for (size_t i = 0; i < r->nprimaries; i++)
-        if (strcmp(r->primaries[i], name) == 0)
-            return true;
-    return false;
+    pthread_mutex_lock(&r->cfg_mu);
+    bool ok = !r->nprimaries;
+    for (size_t i = 0; i < r->nprimaries && !ok; i++)
+        ok = strcmp(r->primaries[i], name) == 0;
+    pthread_mutex_unlock(&r->cfg_mu);
+    return ok;
 }
 
 int

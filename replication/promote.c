@@ -209,6 +209,10 @@ repl_promote_as(repl *r, enum promote_mode mode, buf *out)
         ps[i].r = r;
         ps[i].rp = &r->replicas[i];
         hist_init(&ps[i].hist);
+        if (!atomic_load(&ps[i].rp->active)) {
+            snprintf(ps[i].error, sizeof ps[i].error, "removed");
+            continue;
+        }
         ps[i].started = pthread_create(&ps[i].thread, NULL, probe_main, &ps[i]) == 0;
         if (!ps[i].started)
             snprintf(ps[i].error, sizeof ps[i].error, "no thread");
@@ -281,7 +285,9 @@ repl_promote_as(repl *r, enum promote_mode mode, buf *out)
                 eligible_ahead = true;
             lose_total += ahead;
         }
-        buf_addf(&regions, "%s{\"name\":", i ? "," : "");
+        if (!atomic_load(&p->rp->active))
+            continue;
+        buf_addf(&regions, "%s{\"name\":", regions.len ? "," : "");
         buf_add_json_str(&regions, p->rp->name, strlen(p->rp->name));
         buf_addf(&regions, ",\"reachable\":%s", p->answered ? "true" : "false");
         if (p->answered)

@@ -380,10 +380,12 @@ peer_of(struct recv *rc, uint32_t pipe)
 static bool
 allowed_primary(repl *r, const char *name)
 {
-    for (size_t i = 0; i < r->nprimaries; i++)
-        if (strcmp(r->primaries[i], name) == 0)
-            return true;
-    return false;
+    pthread_mutex_lock(&r->cfg_mu);
+    bool ok = false;
+    for (size_t i = 0; i < r->nprimaries && !ok; i++)
+        ok = strcmp(r->primaries[i], name) == 0;
+    pthread_mutex_unlock(&r->cfg_mu);
+    return ok;
 }
 
 /* proof_required: with a node key and cluster CA configured, a primary proves its
@@ -475,7 +477,10 @@ authenticate(struct recv *rc, const envelope *env)
         rc->auth_pipe = 0; /* a new hello or proof starts over */
         atomic_store(&r->rpipe_id, 0);
     }
-    if (!allowed_primary(r, env->sender) && (proof_required(r) || r->nprimaries)) {
+    pthread_mutex_lock(&r->cfg_mu);
+    bool listed = r->nprimaries > 0;
+    pthread_mutex_unlock(&r->cfg_mu);
+    if (!allowed_primary(r, env->sender) && (proof_required(r) || listed)) {
         repl_refuse(r, REFUSE_NOT_PRIMARY, env->sender, "not in replication.primaries");
         snprintf(rc->error, sizeof rc->error, "refused: %s may not command this node",
                  env->sender);

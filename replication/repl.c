@@ -67,9 +67,26 @@ globs_free(struct globs *g)
     g->n = 0;
 }
 
-static err
-filter_init(struct filter *f, const struct repl_filter *o)
+static bool address_ok(repl *r, const char *a, const char *what);
+
+void
+repl_filter_free(struct filter *f)
 {
+    if (!f)
+        return;
+    globs_free(&f->include);
+    globs_free(&f->exclude);
+    globs_free(&f->include_tags);
+    globs_free(&f->exclude_tags);
+    free(f);
+}
+
+err
+repl_filter_new(const struct repl_filter *o, struct filter **out)
+{
+    struct filter *f = calloc(1, sizeof *f);
+    if (!f)
+        return ERR_NOMEM;
     buf h = BUF_INIT;
     err e = globs_copy(&f->include, o->include, o->ninclude, &h, "I:");
     if (!e)
@@ -84,7 +101,73 @@ filter_init(struct filter *f, const struct repl_filter *o)
         x = (x ^ (unsigned char)h.ptr[i]) * 1099511628211ull;
     snprintf(f->hash, sizeof f->hash, "%016llx", (unsigned long long)x);
     buf_release(&h);
-    return e;
+    if (e) {
+        repl_filter_free(f);
+        return e;
+    }
+    *out = f;
+    return ERR_OK;
+}
+
+const struct filter *
+rp_filter(struct replica *rp)
+{
+    return atomic_load(&rp->filter);
+}
+
+static bool
+region_filtered(const struct repl_region *g)
+{
+    return g->filter.ninclude || g->filter.nexclude || g->filter.ninclude_tags ||
+           g->filter.nexclude_tags;
+}
+
+err
+repl_set_primaries(repl *r, const struct repl_region *regions, size_t n)
+{
+    pthread_mutex_lock(&r->cfg_mu);
+    if (!r->primaries || r->primaries_cap < n) {
+        char(*p)[64] = calloc(n ? n : 1, sizeof *p);
+        if (!p) {
+            pthread_mutex_unlock(&r->cfg_mu);
+            return ERR_NOMEM;
+        }
+        free(r->primaries);
+        r->primaries = p;
+        r->primaries_cap = n ? n : 1;
+    }
+    r->nprimaries = 0;
+    for (size_t i = 0; i < n; i++)
+        if (regions[i].eligible && !region_filtered(&regions[i]))
+            str_copy(r->primaries[r->nprimaries++], sizeof r->primaries[0], regions[i].name);
+    pthread_mutex_unlock(&r->cfg_mu);
+    return ERR_OK;
+}
+
+err
+repl_replica_init(repl *r, struct replica *rp, const struct repl_region *g)
+{
+    rp->r = r;
+    pthread_mutex_init(&rp->mu, NULL);
+    hist_init(&rp->their_hist);
+    str_copy(rp->name, sizeof rp->name, g->name);
+    str_copy(rp->address, sizeof rp->address, g->address ? g->address : "");
+    str_copy(rp->url, sizeof rp->url, g->url ? g->url : "");
+    rp->filtered = region_filtered(g);
+    if (!address_ok(r, rp->address, r->cluster ? "cluster.regions.address"
+                                               : "replication.replicas.address"))
+        return ERR_CONFIG;
+    struct filter *f = NULL;
+    err e = repl_filter_new(&g->filter, &f);
+    if (e)
+        return e;
+    rp->filters[rp->nfilters++] = f;
+    atomic_store(&rp->filter, f);
+    rp->known = calloc(REPL_KNOWN_BLOBS, sizeof *rp->known);
+    if (!rp->known)
+        return ERR_NOMEM;
+    atomic_store(&rp->active, true);
+    return ERR_OK;
 }
 
 static void
@@ -198,6 +281,7 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     pthread_mutex_init(&r->smu, NULL);
     pthread_mutex_init(&r->hmu, NULL);
     pthread_mutex_init(&r->promote_mu, NULL);
+    pthread_mutex_init(&r->cfg_mu, NULL);
     hist_init(&r->hist);
     hist_init(&r->known);
 
@@ -221,20 +305,9 @@ repl_new(store *s, const struct repl_options *o, repl **out)
         if (!r->public_url[0] && self->url)
             str_copy(r->public_url, sizeof r->public_url, self->url);
         /* who may command this node: the regions that may become primary */
-        free(r->primaries);
-        r->primaries = calloc(o->nregions, sizeof *r->primaries);
-        if (!r->primaries) {
-            e = ERR_NOMEM;
+        if ((e = repl_set_primaries(r, o->regions, o->nregions)))
             goto fail;
-        }
-        r->nprimaries = 0;
-        for (size_t i = 0; i < o->nregions; i++) {
-            const struct repl_region *g = &o->regions[i];
-            bool filtered = g->filter.ninclude || g->filter.nexclude ||
-                            g->filter.ninclude_tags || g->filter.nexclude_tags;
-            if (g->eligible && !filtered)
-                str_copy(r->primaries[r->nprimaries++], sizeof r->primaries[0], g->name);
-        }
+        e = ERR_CONFIG;
         /* the role is state: the first start takes it from the description */
         buf rv = BUF_INIT;
         if (store_meta_get(s, "repl/role", &rv) == ERR_OK)
@@ -328,9 +401,11 @@ repl_new(store *s, const struct repl_options *o, repl **out)
     }
 
     size_t nrep = r->cluster ? o->nregions - 1 : (r->primary ? o->nreplicas : 0);
-    r->replicas = calloc(nrep ? nrep : 1, sizeof *r->replicas);
-    if (!r->replicas) {
-        e = ERR_NOMEM;
+    /* in a cluster, room for every region a reload may add */
+    r->replicas_cap = r->cluster ? REPL_MAX_REGIONS : (nrep ? nrep : 1);
+    r->replicas = calloc(r->replicas_cap, sizeof *r->replicas);
+    if (!r->replicas || nrep > r->replicas_cap) {
+        e = r->replicas ? ERR_CONFIG : ERR_NOMEM;
         goto fail;
     }
     for (size_t i = 0, k = 0; r->cluster ? i < o->nregions : i < nrep; i++) {
@@ -347,26 +422,10 @@ repl_new(store *s, const struct repl_options *o, repl **out)
             g = &legacy;
         }
         struct replica *rp = &r->replicas[k++];
-        rp->r = r;
-        pthread_mutex_init(&rp->mu, NULL);
-        hist_init(&rp->their_hist);
-        r->nreplicas++;
-        str_copy(rp->name, sizeof rp->name, g->name);
-        str_copy(rp->address, sizeof rp->address, g->address ? g->address : "");
-        str_copy(rp->url, sizeof rp->url, g->url ? g->url : "");
-        rp->filtered = g->filter.ninclude || g->filter.nexclude || g->filter.ninclude_tags ||
-                       g->filter.nexclude_tags;
-        if (!address_ok(r, rp->address, r->cluster ? "cluster.regions.address"
-                                                   : "replication.replicas.address"))
-            goto fail;
-        if ((e = filter_init(&rp->filter, &g->filter)))
+        r->nreplicas++; /* counted first: repl_free releases what was set up */
+        if ((e = repl_replica_init(r, rp, g)))
             goto fail;
         e = ERR_CONFIG;
-        rp->known = calloc(REPL_KNOWN_BLOBS, sizeof *rp->known);
-        if (!rp->known) {
-            e = ERR_NOMEM;
-            goto fail;
-        }
     }
     if (r->primary && r->insecure)
         log_warn("REPL-INSECURE", "msg=\"replication may use plain tcp:// without TLS\"");
@@ -484,11 +543,15 @@ repl_start_dialer(repl *r, struct replica *rp)
 {
     int rv;
     nng_tls_config *tls = NULL;
-    if ((rv = nng_dialer_create(&rp->dialer, rp->sock, rp->address)))
+    char addr[256];
+    pthread_mutex_lock(&rp->mu);
+    str_copy(addr, sizeof addr, rp->address); /* a reload may change it */
+    pthread_mutex_unlock(&rp->mu);
+    if ((rv = nng_dialer_create(&rp->dialer, rp->sock, addr)))
         goto nngfail;
     nng_dialer_set_ms(rp->dialer, NNG_OPT_RECONNMINT, 100);
     nng_dialer_set_ms(rp->dialer, NNG_OPT_RECONNMAXT, 2000);
-    if (strncmp(rp->address, "tls+tcp://", 10) == 0) {
+    if (strncmp(addr, "tls+tcp://", 10) == 0) {
         err e = wire_tls_config(r, false, rp->name, &tls); /* its certificate must name it */
         if (e)
             return e;
@@ -560,19 +623,26 @@ nngfail:
 }
 
 err
+repl_replica_run(repl *r, struct replica *rp)
+{
+    err e = open_replica_socket(r, rp);
+    if (e)
+        return e;
+    if (pthread_create(&rp->thread, NULL, shipper_main, rp) != 0)
+        return ERR_NOMEM;
+    rp->thread_started = true;
+    return ERR_OK;
+}
+
+err
 repl_start(repl *r)
 {
     err e;
-    if (r->nreplicas) {
+    if (r->nreplicas || r->cluster) { /* a cluster may add regions later */
         store_set_commit_hook(r->store, on_commit, r);
-        for (size_t i = 0; i < r->nreplicas; i++) {
-            struct replica *rp = &r->replicas[i];
-            if ((e = open_replica_socket(r, rp)))
+        for (size_t i = 0; i < r->nreplicas; i++)
+            if ((e = repl_replica_run(r, &r->replicas[i])))
                 return e;
-            if (pthread_create(&rp->thread, NULL, shipper_main, rp) != 0)
-                return ERR_NOMEM;
-            rp->thread_started = true;
-        }
     }
     if (r->primary)
         log_info("REPL-PRIMARY", "replicas=%zu epoch=%llu", r->nreplicas,
@@ -701,7 +771,7 @@ repl_stop(repl *r)
         r->rthread_started = false;
     }
     close_sockets(r);
-    if (r->nreplicas)
+    if (r->nreplicas || r->cluster)
         store_set_commit_hook(r->store, NULL, NULL);
 }
 
@@ -716,10 +786,8 @@ repl_free(repl *r)
     failover_free(r);
     for (size_t i = 0; i < r->nreplicas; i++) {
         struct replica *rp = &r->replicas[i];
-        globs_free(&rp->filter.include);
-        globs_free(&rp->filter.exclude);
-        globs_free(&rp->filter.include_tags);
-        globs_free(&rp->filter.exclude_tags);
+        for (size_t k = 0; k < rp->nfilters; k++)
+            repl_filter_free(rp->filters[k]);
         free(rp->known);
         hist_release(&rp->their_hist);
         pthread_mutex_destroy(&rp->mu);
@@ -731,6 +799,7 @@ repl_free(repl *r)
     hist_release(&r->known);
     pthread_mutex_destroy(&r->hmu);
     pthread_mutex_destroy(&r->promote_mu);
+    pthread_mutex_destroy(&r->cfg_mu);
     pthread_mutex_destroy(&r->wake_mu);
     pthread_cond_destroy(&r->wake_cv);
     pthread_mutex_destroy(&r->smu);
@@ -887,7 +956,8 @@ repl_check_confirmed(repl *r)
     uint64_t epoch = atomic_load(&r->epoch);
     size_t votes = 1;
     for (size_t i = 0; i < r->nreplicas; i++)
-        if (atomic_load(&r->replicas[i].confirmed_epoch) == epoch)
+        if (atomic_load(&r->replicas[i].active) &&
+            atomic_load(&r->replicas[i].confirmed_epoch) == epoch)
             votes++;
     if (votes * 2 > r->nvoters && atomic_exchange(&r->confirming, false))
         log_info("REPL-CONFIRMED", "epoch=%llu votes=%zu voters=%zu msg=\"taking writes\"",
@@ -1048,16 +1118,18 @@ repl_status_json(repl *r, buf *b)
     if (r->primary) {
         buf_addf(b, ",\"head_seq\":%llu,\"log_first_seq\":%llu,\"replicas\":[",
                  (unsigned long long)head, (unsigned long long)store_log_first(r->store));
-        for (size_t i = 0; i < r->nreplicas; i++) {
+        for (size_t i = 0, shown = 0; i < r->nreplicas; i++) {
             struct replica *rp = &r->replicas[i];
+            if (!atomic_load(&rp->active))
+                continue; /* removed by a reload */
             struct replica_view v;
             replica_view(rp, &v);
-            struct lag_scan ls = {.f = &rp->filter};
+            struct lag_scan ls = {.f = rp_filter(rp)};
             if (v.acked < head)
                 store_log_read(r->store, v.acked + 1, 200000, on_lag_event, &ls);
             uint64_t oldest = v.acked < head ? store_log_event_time(r->store, v.acked + 1) : 0;
             double lag_s = oldest && now > oldest ? (double)(now - oldest) / 1000.0 : 0.0;
-            buf_addf(b, "%s{\"name\":", i ? "," : "");
+            buf_addf(b, "%s{\"name\":", shown++ ? "," : "");
             buf_add_json_str(b, rp->name, strlen(rp->name));
             buf_adds(b, ",\"address\":");
             buf_add_json_str(b, rp->address, strlen(rp->address));
@@ -1091,7 +1163,7 @@ repl_status_json(repl *r, buf *b)
                      (unsigned long long)div);
             buf_add_json_str(b, rp->url, strlen(rp->url));
             buf_adds(b, ",\"filter\":");
-            filter_json(b, &rp->filter);
+            filter_json(b, rp_filter(rp));
             buf_adds(b, ",\"last_error\":");
             buf_add_json_str(b, v.last_error, strlen(v.last_error));
             buf_addc(b, '}');
@@ -1214,42 +1286,45 @@ repl_metrics(repl *r, buf *b)
     buf_adds(b, "# HELP georeg_repl_lag_events events committed but not acknowledged\n"
                 "# TYPE georeg_repl_lag_events gauge\n");
     struct replica_view vs[64];
-    size_t n = r->nreplicas < 64 ? r->nreplicas : 64;
+    size_t idx[64], n = 0;
+    for (size_t i = 0; i < r->nreplicas && n < 64; i++)
+        if (atomic_load(&r->replicas[idx[i]].active))
+            idx[n++] = i;
     for (size_t i = 0; i < n; i++) {
-        replica_view(&r->replicas[i], &vs[i]);
-        buf_addf(b, "georeg_repl_lag_events{replica=\"%s\"} %llu\n", r->replicas[i].name,
+        replica_view(&r->replicas[idx[i]], &vs[i]);
+        buf_addf(b, "georeg_repl_lag_events{replica=\"%s\"} %llu\n", r->replicas[idx[i]].name,
                  (unsigned long long)(head > vs[i].acked ? head - vs[i].acked : 0));
     }
     buf_adds(b, "# HELP georeg_repl_lag_seconds age of the oldest unacknowledged change\n"
                 "# TYPE georeg_repl_lag_seconds gauge\n");
     for (size_t i = 0; i < n; i++) {
         uint64_t oldest = vs[i].acked < head ? store_log_event_time(r->store, vs[i].acked + 1) : 0;
-        buf_addf(b, "georeg_repl_lag_seconds{replica=\"%s\"} %.3f\n", r->replicas[i].name,
+        buf_addf(b, "georeg_repl_lag_seconds{replica=\"%s\"} %.3f\n", r->replicas[idx[i]].name,
                  oldest && now > oldest ? (double)(now - oldest) / 1000.0 : 0.0);
     }
     buf_adds(b, "# HELP georeg_repl_lag_bytes bytes still to send\n"
                 "# TYPE georeg_repl_lag_bytes gauge\n");
     for (size_t i = 0; i < n; i++) {
-        struct lag_scan ls = {.f = &r->replicas[i].filter};
+        struct lag_scan ls = {.f = rp_filter(&r->replicas[idx[i]])};
         if (vs[i].acked < head)
             store_log_read(r->store, vs[i].acked + 1, 200000, on_lag_event, &ls);
-        buf_addf(b, "georeg_repl_lag_bytes{replica=\"%s\"} %llu\n", r->replicas[i].name,
+        buf_addf(b, "georeg_repl_lag_bytes{replica=\"%s\"} %llu\n", r->replicas[idx[i]].name,
                  (unsigned long long)ls.bytes);
     }
     buf_adds(b, "# HELP georeg_repl_acked_seq highest sequence acknowledged\n"
                 "# TYPE georeg_repl_acked_seq gauge\n");
     for (size_t i = 0; i < n; i++)
-        buf_addf(b, "georeg_repl_acked_seq{replica=\"%s\"} %llu\n", r->replicas[i].name,
+        buf_addf(b, "georeg_repl_acked_seq{replica=\"%s\"} %llu\n", r->replicas[idx[i]].name,
                  (unsigned long long)vs[i].acked);
     buf_adds(b, "# HELP georeg_repl_up 1 when the replica is reachable\n"
                 "# TYPE georeg_repl_up gauge\n");
     for (size_t i = 0; i < n; i++)
-        buf_addf(b, "georeg_repl_up{replica=\"%s\"} %d\n", r->replicas[i].name,
+        buf_addf(b, "georeg_repl_up{replica=\"%s\"} %d\n", r->replicas[idx[i]].name,
                  vs[i].state != RS_UNREACHABLE);
     buf_adds(b, "# HELP georeg_repl_sent_bytes_total bytes sent to the replica\n"
                 "# TYPE georeg_repl_sent_bytes_total counter\n");
     for (size_t i = 0; i < n; i++)
-        buf_addf(b, "georeg_repl_sent_bytes_total{replica=\"%s\"} %llu\n", r->replicas[i].name,
+        buf_addf(b, "georeg_repl_sent_bytes_total{replica=\"%s\"} %llu\n", r->replicas[idx[i]].name,
                  (unsigned long long)vs[i].bytes_sent);
 }
 
@@ -1264,6 +1339,8 @@ repl_housekeeping(repl *r)
     uint64_t head = store_log_head(r->store);
     uint64_t min_acked = head;
     for (size_t i = 0; i < r->nreplicas; i++) {
+        if (!atomic_load(&r->replicas[i].active))
+            continue; /* removed: it holds nothing back */
         pthread_mutex_lock(&r->replicas[i].mu);
         if (r->replicas[i].acked_seq < min_acked)
             min_acked = r->replicas[i].acked_seq;
@@ -1291,6 +1368,8 @@ repl_locate(repl *r, const char *repo, const char *ref, uint64_t seq, const char
     const char *p = regions && *regions ? regions : NULL;
     size_t total = 1 + r->nreplicas;
     for (size_t i = 0; i < total && *n < max; i++) {
+        if (i && !atomic_load(&r->replicas[i - 1].active))
+            continue;
         const char *name = i == 0 ? r->node_name : r->replicas[i - 1].name;
         if (p) {
             /* only regions named in the comma-separated list */
@@ -1319,8 +1398,8 @@ repl_locate(repl *r, const char *repo, const char *ref, uint64_t seq, const char
         }
         struct replica *rp = &r->replicas[i - 1];
         slice tagp = strchr(ref, ':') ? (slice){"", 0} : slice_of_cstr(ref);
-        o->included = filter_repo(&rp->filter, slice_of_cstr(repo)) &&
-                      (!tagp.len || filter_tag(&rp->filter, tagp));
+        const struct filter *f = rp_filter(rp);
+        o->included = filter_repo(f, slice_of_cstr(repo)) && (!tagp.len || filter_tag(f, tagp));
         pthread_mutex_lock(&rp->mu);
         o->acked_seq = rp->acked_seq;
         pthread_mutex_unlock(&rp->mu);

@@ -175,6 +175,12 @@ size_t repl_conflicts_open(repl *r);
  * "take-old", "retagged"). ERR_NOT_FOUND when there is no such conflict. */
 err repl_conflict_resolve(repl *r, uint64_t report, uint64_t n, const char *how);
 
+/* repl_reload applies a new cluster description (regions as in repl_options): adds,
+ * removes and moves regions and changes filters without a restart. This node's own
+ * region must stay (its address too). ERR_INVALID (nothing changed) with the reason
+ * in out's "error"; out gets {"reloaded","added","removed","changed","regions"}. */
+err repl_reload(repl *r, const struct repl_region *regions, size_t n, buf *out);
+
 /* repl_status_json writes the replication state as a JSON object into out. */
 err repl_status_json(repl *r, buf *out);
 /* repl_metrics appends Prometheus lines for lag and throughput to out. */

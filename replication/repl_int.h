@@ -80,11 +80,20 @@ struct filter {
     char hash[17]; /* identifies the filter; a change triggers a resync */
 };
 
+#define REPL_MAX_REGIONS 16          /* regions of a cluster description */
+#define REPL_MAX_FILTER_VERSIONS 32  /* filters one replica keeps until restart */
+
 struct replica {
     repl *r;
     char name[64];
-    char address[256];
-    struct filter filter;
+    char address[256];               /* under mu once the shipper runs (reload) */
+    /* The filter in force: immutable once published, swapped by a reload; earlier
+     * versions stay allocated (readers may hold them) until repl_free. */
+    struct filter *_Atomic filter;
+    struct filter *filters[REPL_MAX_FILTER_VERSIONS];
+    size_t nfilters;
+    _Atomic bool active;             /* false: removed from the cluster by a reload */
+    _Atomic bool redial;             /* the address changed: the shipper redials */
     nng_socket sock;
     nng_dialer dialer;
     bool sock_open;
@@ -159,9 +168,9 @@ struct repl {
     store *store;
     _Atomic bool primary;   /* the role: state, persisted (repl/role) in a cluster */
     bool cluster;           /* configured from a cluster description */
-    size_t nvoters;         /* cluster: regions, this one included */
-    bool self_filtered;     /* cluster: this region holds a filtered replica */
-    bool self_eligible;     /* cluster: this region may become primary */
+    _Atomic size_t nvoters; /* cluster: regions, this one included */
+    _Atomic bool self_filtered; /* cluster: this region holds a filtered replica */
+    _Atomic bool self_eligible; /* cluster: this region may become primary */
     _Atomic bool confirming;/* a primary that has not yet confirmed its epoch */
     _Atomic uint64_t history_conflicts;
     _Atomic uint64_t promotions, demotions;
@@ -178,8 +187,9 @@ struct repl {
     char public_url[256];
     char tls_cert[1024], tls_key[1024], tls_ca[1024], tls_client_cert[1024];
     bool insecure;
-    char (*primaries)[64]; /* secondary: names allowed to command it */
+    char (*primaries)[64]; /* names allowed to command it (under cfg_mu) */
     size_t nprimaries;
+    size_t primaries_cap;
     repl_meta_validate_cb meta_validate;
     repl_refused_cb on_refused;
     void *cb_arg;
@@ -204,7 +214,9 @@ struct repl {
     uint64_t wake_seq;
 
     struct replica *replicas;
-    size_t nreplicas;
+    _Atomic size_t nreplicas; /* slots in use (a reload only adds; removed ones are inactive) */
+    size_t replicas_cap;
+    pthread_mutex_t cfg_mu;   /* guards primaries, and serializes reloads */
 
     /* secondary */
     nng_socket rsock;
@@ -347,6 +359,17 @@ void divergence_end(repl *r);
 /* filter.c (in repl.c) */
 bool filter_repo(const struct filter *f, slice repo);
 bool filter_tag(const struct filter *f, slice tag);
+/* rp_filter: the replica's filter in force (valid until repl_free). */
+const struct filter *rp_filter(struct replica *rp);
+/* repl_filter_new builds a filter from o; a new one to publish or free. */
+err repl_filter_new(const struct repl_filter *o, struct filter **out);
+void repl_filter_free(struct filter *f);
+/* repl_replica_init sets up slot rp for region g (not yet running). */
+err repl_replica_init(repl *r, struct replica *rp, const struct repl_region *g);
+/* repl_replica_run opens the replica's socket and starts its shipper. */
+err repl_replica_run(repl *r, struct replica *rp);
+/* repl_set_primaries rebuilds the names that may command this node (cluster). */
+err repl_set_primaries(repl *r, const struct repl_region *regions, size_t n);
 
 /* repl.c: (re)create a replica's dialer */
 err repl_start_dialer(repl *r, struct replica *rp);

@@ -52,6 +52,7 @@ struct ship {
     bool diverged;      /* the next resync is for a replica on another branch */
     bool trust_acks;    /* the fork point is known: applied seqs in acks are ours */
     uint64_t proof_msg_id; /* our latest PeerProof */
+    const struct filter *filter_seen; /* the filter this connection started with */
     uint64_t fork_seq;
     uint64_t snapshot_seq;
     err fail;
@@ -116,6 +117,10 @@ broken(struct ship *sh)
     struct replica *rp = sh->rp;
     if (atomic_load(&sh->r->stopping) || atomic_load(&sh->r->demoted) || !sh->r->primary ||
         sh->go_back || sh->fail)
+        return true;
+    /* a reload removed the region, moved it, or changed its filter: start over */
+    if (!atomic_load(&rp->active) || atomic_load(&rp->redial) ||
+        rp_filter(rp) != sh->filter_seen)
         return true;
     if (atomic_load(&rp->pipe_gen) != sh->gen || atomic_load(&rp->pipe_id) == 0)
         return true;
@@ -557,7 +562,7 @@ add(struct ship *sh, const struct store_event *ev, bool filtered, bool drop_tag)
 static err
 ship_one(struct ship *sh, const struct store_event *ev)
 {
-    const struct filter *f = &sh->rp->filter;
+    const struct filter *f = rp_filter(sh->rp);
     bool included = !ev->repo.len || filter_repo(f, ev->repo);
     bool tag_ok = !ev->tag.len || ev->type == EV_META_PUT || ev->type == EV_META_DELETE ||
                   filter_tag(f, ev->tag);
@@ -720,7 +725,7 @@ static bool
 on_count(void *arg, const struct store_event *ev)
 {
     struct ship *sh = arg;
-    if (ev->repo.len && !filter_repo(&sh->rp->filter, ev->repo))
+    if (ev->repo.len && !filter_repo(rp_filter(sh->rp), ev->repo))
         return true;
     pthread_mutex_lock(&sh->rp->mu);
     sh->rp->resync_total_bytes += ev->type == EV_BLOB_LINK ? ev->size : ev->body.len;
@@ -739,7 +744,7 @@ on_snapshot_record(void *arg, const struct store_event *ev)
     if (broken(sh))
         return false;
     drain(sh);
-    if (ev->type != EV_BLOB_LINK && (!ev->repo.len || filter_repo(&sh->rp->filter, ev->repo))) {
+    if (ev->type != EV_BLOB_LINK && (!ev->repo.len || filter_repo(rp_filter(sh->rp), ev->repo))) {
         pthread_mutex_lock(&sh->rp->mu);
         sh->rp->resync_sent_bytes += ev->body.len;
         pthread_mutex_unlock(&sh->rp->mu);
@@ -817,7 +822,7 @@ resync(struct ship *sh)
     }
     char k[128];
     filter_key(rp, k, sizeof k);
-    store_meta_put(r->store, k, rp->filter.hash, strlen(rp->filter.hash));
+    store_meta_put(r->store, k, rp_filter(rp)->hash, strlen(rp_filter(rp)->hash));
     log_info("REPL-RESYNC-DONE", "replica=%s snapshot_seq=%llu diverged=%d", rp->name,
              (unsigned long long)snap_seq, sh->diverged);
     sh->diverged = false;
@@ -932,7 +937,15 @@ shipper_main(void *arg)
             rp->acked_seq = sh.persisted_acked = a;
     }
     set_state(rp, RS_UNREACHABLE);
-    while (!atomic_load(&r->stopping)) {
+    while (!atomic_load(&r->stopping) && atomic_load(&rp->active)) {
+        if (atomic_exchange(&rp->redial, false) && rp->dialing) {
+            /* a reload changed its address: dial the new one */
+            nng_dialer_close(rp->dialer);
+            rp->dialing = false;
+            log_info("REPL-REDIAL", "replica=%s address=%s reason=reload", rp->name,
+                     rp->address);
+        }
+        sh.filter_seen = rp_filter(rp);
         if (!r->primary) {
             /* a secondary (or demoted) node dials nobody: a replaced primary that
              * kept dialing would take its replicas' connections from the new one */
@@ -1013,7 +1026,7 @@ shipper_main(void *arg)
         buf_reset(&v);
         filter_key(rp, k, sizeof k);
         bool have_hash = store_meta_get(r->store, k, &v) == ERR_OK;
-        bool filter_changed = have_hash && !slice_eq_cstr(buf_slice(&v), rp->filter.hash);
+        bool filter_changed = have_hash && !slice_eq_cstr(buf_slice(&v), rp_filter(rp)->hash);
         /* where our histories fork: a replica whose log goes beyond that point (ahead
          * of us, or on another primary's branch) is never streamed into as if it
          * were behind: it is rebuilt from our state, and says what it loses */
@@ -1058,7 +1071,7 @@ shipper_main(void *arg)
             continue;
         }
         if (!have_hash)
-            store_meta_put(r->store, k, rp->filter.hash, strlen(rp->filter.hash));
+            store_meta_put(r->store, k, rp_filter(rp)->hash, strlen(rp_filter(rp)->hash));
         log_info("REPL-STREAM", "replica=%s from=%llu head=%llu", rp->name,
                  (unsigned long long)(applied + 1), (unsigned long long)head);
         e = stream(&sh, applied + 1);
@@ -1071,6 +1084,11 @@ shipper_main(void *arg)
                 log_info("REPL-GO-BACK", "replica=%s", rp->name);
         }
     }
+    if (rp->dialing) {
+        nng_dialer_close(rp->dialer); /* removed by a reload: stop dialing it */
+        rp->dialing = false;
+    }
+    set_state(rp, RS_UNREACHABLE);
     buf_release(&v);
     return NULL;
 }

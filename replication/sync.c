@@ -65,7 +65,8 @@ list_del(struct sync_state *s, struct repl_sync_waiter *w)
 static bool
 counts_for_sync(repl *r, const struct replica *rp)
 {
-    return !rp->filtered && (!r->cluster || repl_may_be_primary(r, rp->name));
+    return atomic_load(&rp->active) && !rp->filtered &&
+           (!r->cluster || repl_may_be_primary(r, rp->name));
 }
 
 static void
@@ -178,7 +179,7 @@ sync_init(repl *r, const struct repl_sync_options *o)
             return ERR_CONFIG;
         }
         s->idx[i] = k;
-        const struct filter *f = &r->replicas[k].filter;
+        const struct filter *f = rp_filter(&r->replicas[k]);
         if (f->include.n || f->exclude.n || f->include_tags.n || f->exclude_tags.n)
             log_warn("REPL-SYNC-FILTERED",
                      "replica=%s msg=\"a filtered replica acknowledges writes it filters out "

@@ -200,6 +200,21 @@ h_promote(struct http_req *r, bool nowait)
     return ERR_OK;
 }
 
+/* h_cluster_reload: POST /_georeg/v1/cluster/reload re-reads the config file's
+ * cluster description (as SIGHUP does); 200 with what changed, 400 when refused. */
+static err
+h_cluster_reload(struct http_req *r, bool nowait)
+{
+    struct node *n = r->app;
+    (void)nowait;
+    buf b = BUF_INIT;
+    err e = node_reload_cluster(n, &b);
+    audit_log(n, r, "replication.reload", NULL, NULL, NULL, e ? 400 : 200,
+              e ? "refused" : NULL);
+    json_body(r, e ? 400 : 200, &b);
+    return ERR_OK;
+}
+
 /* h_conflicts: GET lists tag conflicts (?all=true: also resolved ones, with every
  * reported event); POST /_georeg/v1/conflicts/REPORT/N?resolve=HOW records a
  * decision. */
@@ -415,6 +430,21 @@ admin_route(struct http_req *r)
         if (!access_require(r, NULL, write ? ACT_ADMIN : ACT_METADATA, NULL, 0, true))
             return true;
         r->handler = h_fence;
+        r->handler_on_pool = true;
+        return true;
+    }
+    if (slice_eq_cstr(p, "/_georeg/v1/cluster/reload")) {
+        if (r->method != M_POST) {
+            http_resp_error(r, ERR_METHOD, NULL, NULL);
+            return true;
+        }
+        if (!n_has_repl(r)) {
+            http_resp_error(r, ERR_UNSUPPORTED, "replication is not configured", NULL);
+            return true;
+        }
+        if (!access_require(r, NULL, ACT_ADMIN, NULL, 0, true))
+            return true;
+        r->handler = h_cluster_reload;
         r->handler_on_pool = true;
         return true;
     }

@@ -149,6 +149,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     pthread_mutex_init(&R.smu, NULL);
     pthread_mutex_init(&R.wake_mu, NULL);
     pthread_mutex_init(&R.hmu, NULL);
+    pthread_mutex_init(&R.cfg_mu, NULL);
     hist_init(&R.hist);
     hist_init(&R.known);
     pthread_cond_init(&R.wake_cv, NULL);

@@ -104,6 +104,10 @@ class RegionNode(Node):
             f.write("# written by tests/integration/cluster.py\n" + to_yaml(cfg))
         return [itlib.GEOREG_BIN, "serve", "--config", self.config_path]
 
+    def write_config(self):
+        """Rewrites the config file from self.repl / self.cluster (for a reload)."""
+        self._command()
+
     def log(self, n=8000):
         return tail(self.log_path, n)
 

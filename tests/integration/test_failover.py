@@ -18,6 +18,7 @@ The reproductions of the issue:
 """
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -378,3 +379,71 @@ def test_sigterm_exits_with_a_replaced_primary_and_a_stuck_link(make_cluster):
     time.sleep(0.5)
     for n in (us, eu, ap):
         assert n.stop() == 0, n.name
+
+
+# --------------------------------------------------------------------------
+# the cluster description, reloaded
+
+
+def test_cluster_description_reloads_without_a_restart(make_cluster):
+    """eu and us run a description without ap. ap added to eu's description and
+    SIGHUP: eu ships to it (within its filter). ap's filter widened through POST
+    /_georeg/v1/cluster/reload: ap is resynced with it. ap removed: eu stops
+    shipping to it and no longer lists it. A reload without this node itself, or
+    of a broken file, is refused and changes nothing."""
+    cl = make_cluster()
+    r = cl.regions(["eu", "us", "ap"], "eu", filters={"ap": {"include": ["prod/**"]}},
+                   start=False)
+    eu, us, ap = r["eu"], r["us"], r["ap"]
+    full = [dict(g) for g in eu.cluster["regions"]]
+    for n in (eu, us):
+        n.cluster["regions"] = [g for g in n.cluster["regions"] if g["name"] != "ap"]
+    us.start()
+    eu.start()
+    wait_writable(eu)
+    C.push_image(eu, "prod/rl", "1")
+    C.push_image(eu, "dev/rl", "1")
+    assert [x["name"] for x in status(eu)["replicas"]] == ["us"]
+    ap.start()
+
+    eu.cluster["regions"] = [dict(g) for g in full]
+    eu.write_config()
+    os.kill(eu.proc.pid, signal.SIGHUP)
+    wait_until(lambda: C.manifest(ap, "prod/rl", "1")[0] == 200, 30 * SLOW,
+               what="ap added by SIGHUP and shipped to")
+    assert sorted(x["name"] for x in status(eu)["replicas"]) == ["ap", "us"]
+    assert C.manifest(ap, "dev/rl", "1")[0] == 404  # outside its filter
+
+    for g in eu.cluster["regions"]:
+        if g["name"] == "ap":
+            g["include"] = ["**"]
+    eu.write_config()
+    rr = eu.req("POST", "/_georeg/v1/cluster/reload")
+    assert rr.status == 200 and rr.json()["changed"] == ["ap"], rr
+    wait_until(lambda: C.manifest(ap, "dev/rl", "1")[0] == 200, 30 * SLOW,
+               what="ap resynced with its wider filter")
+
+    good = [dict(g) for g in eu.cluster["regions"]]
+    eu.cluster["regions"] = [g for g in good if g["name"] != "eu"]
+    eu.write_config()
+    rr = eu.req("POST", "/_georeg/v1/cluster/reload")
+    assert rr.status == 400 and rr.json()["reloaded"] is False, rr
+    assert "eu" in rr.json()["error"], rr
+    assert sorted(x["name"] for x in status(eu)["replicas"]) == ["ap", "us"]
+    with open(eu.config_path, "a") as f:
+        f.write("cluster: [not: a: map\n")
+    rr = eu.req("POST", "/_georeg/v1/cluster/reload")
+    assert rr.status == 400 and rr.json()["reloaded"] is False, rr
+
+    eu.cluster["regions"] = [g for g in good if g["name"] != "ap"]
+    eu.write_config()
+    rr = eu.req("POST", "/_georeg/v1/cluster/reload")
+    assert rr.status == 200 and rr.json()["removed"] == ["ap"], rr
+    assert [x["name"] for x in status(eu)["replicas"]] == ["us"]
+    before = applied(ap)
+    img = C.push_image(eu, "prod/rl", "2")
+    wait_until(lambda: C.manifest(us, "prod/rl", "2")[1] == img["digest"], 30 * SLOW,
+               what="us still shipped to")
+    time.sleep(1.0)
+    assert applied(ap) == before and C.manifest(ap, "prod/rl", "2")[0] == 404
+    assert status(eu)["voters"] == 2
