@@ -913,9 +913,11 @@ repl_demote(repl *r, const char *why)
         }
         return;
     }
+    /* once: the receiver and a shipper may learn of the promotion at the same time */
+    if (!atomic_exchange(&r->primary, false))
+        return;
     if (store_role_align(r->store))
         log_warn("REPL-ROLE-ALIGN", "error=\"cannot align the applied seq with the log\"");
-    atomic_store(&r->primary, false);
     atomic_store(&r->confirming, false);
     atomic_fetch_add(&r->demotions, 1);
     persist_role(r);

@@ -350,18 +350,31 @@ class Cluster:
         returns {name: RegionNode}."""
         filters = filters or {}
         eligible = eligible or {}
-        ports = {n: (free_port(), free_port()) for n in names}  # http, replication
         tls = {n: self.tls(n) for n in names}
         self.links = getattr(self, "links", {})
-        for a in names:
-            for b in names:
-                if a != b:
-                    fp = FaultProxy(target_port=ports[b][1], log_path=os.path.join(
-                        self.base, "faultproxy-%s-%s.log" % (a, b)))
-                    fp.start()
-                    self.proxies.append(fp)
-                    itlib.LIVE.add(_LiveProxy(fp))
-                    self.links[(a, b)] = fp
+        for attempt in range(5):
+            ports = {n: (free_port(), free_port()) for n in names}  # http, replication
+            made = []
+            for a in names:
+                for b in names:
+                    if a != b:
+                        fp = FaultProxy(target_port=ports[b][1], log_path=os.path.join(
+                            self.base, "faultproxy-%s-%s.log" % (a, b)))
+                        fp.start()
+                        made.append(((a, b), fp))
+            # a proxy's ports come from the kernel after ours were picked (and not
+            # yet bound): on a clash, all again
+            taken = {p for pair in ports.values() for p in pair}
+            if attempt < 4 and any(fp.port in taken or fp.control_port in taken
+                                   for _, fp in made):
+                for _, fp in made:
+                    fp.stop()
+                continue
+            for key, fp in made:
+                self.proxies.append(fp)
+                itlib.LIVE.add(_LiveProxy(fp))
+                self.links[key] = fp
+            break
         out = {}
         for a in names:
             regions = []
