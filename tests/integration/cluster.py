@@ -358,8 +358,11 @@ class Cluster:
             for a in names:
                 for b in names:
                     if a != b:
+                        # a log of its own per attempt: a stopped proxy's ready line
+                        # must not be taken for the new one's
                         fp = FaultProxy(target_port=ports[b][1], log_path=os.path.join(
-                            self.base, "faultproxy-%s-%s.log" % (a, b)))
+                            self.base, "faultproxy-%s-%s%s.log" % (
+                                a, b, "-%d" % attempt if attempt else "")))
                         fp.start()
                         made.append(((a, b), fp))
             # a proxy's ports come from the kernel after ours were picked (and not
