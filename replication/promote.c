@@ -170,6 +170,7 @@ repl_promote_as(repl *r, enum promote_mode mode, buf *out)
 {
     bool force = mode == PROMOTE_FORCE;
     bool eligible_ahead = false;
+    size_t nrep = 0; /* the regions probed: a reload may add more meanwhile */
     err res = ERR_DENIED;
     buf reasons = BUF_INIT, regions = BUF_INIT;
     struct probe *ps = NULL;
@@ -200,12 +201,13 @@ repl_promote_as(repl *r, enum promote_mode mode, buf *out)
         goto report;
     }
 
-    ps = calloc(r->nreplicas ? r->nreplicas : 1, sizeof *ps);
+    nrep = r->nreplicas;
+    ps = calloc(nrep ? nrep : 1, sizeof *ps);
     if (!ps) {
         res = ERR_NOMEM;
         goto report;
     }
-    for (size_t i = 0; i < r->nreplicas; i++) {
+    for (size_t i = 0; i < nrep; i++) {
         ps[i].r = r;
         ps[i].rp = &r->replicas[i];
         hist_init(&ps[i].hist);
@@ -217,30 +219,30 @@ repl_promote_as(repl *r, enum promote_mode mode, buf *out)
         if (!ps[i].started)
             snprintf(ps[i].error, sizeof ps[i].error, "no thread");
     }
-    for (size_t i = 0; i < r->nreplicas; i++)
+    for (size_t i = 0; i < nrep; i++)
         if (ps[i].started)
             pthread_join(ps[i].thread, NULL);
     /* a region that took the connection and dropped it is busy with a primary it
      * still hears from (within two heartbeats): once more, after that */
     bool again = false;
-    for (size_t i = 0; i < r->nreplicas; i++)
+    for (size_t i = 0; i < nrep; i++)
         again = again || (!ps[i].answered && !strcmp(ps[i].error, "no answer"));
     if (again) {
         usleep((useconds_t)((r->heartbeat_ms * 2 + 600) * 1000));
-        for (size_t i = 0; i < r->nreplicas; i++) {
+        for (size_t i = 0; i < nrep; i++) {
             struct probe *p = &ps[i];
             p->started = false;
             if (p->answered || strcmp(p->error, "no answer"))
                 continue;
             p->started = pthread_create(&p->thread, NULL, probe_main, p) == 0;
         }
-        for (size_t i = 0; i < r->nreplicas; i++)
+        for (size_t i = 0; i < nrep; i++)
             if (ps[i].started)
                 pthread_join(ps[i].thread, NULL);
     }
 
     /* what the others know first: a newer promotion anywhere raises our epoch */
-    for (size_t i = 0; i < r->nreplicas; i++) {
+    for (size_t i = 0; i < nrep; i++) {
         if (!ps[i].ack_env)
             continue;
         const char *why = "";
@@ -254,7 +256,7 @@ repl_promote_as(repl *r, enum promote_mode mode, buf *out)
         mine = head;
     uint64_t max_epoch = atomic_load(&r->epoch);
     uint64_t lose_total = 0;
-    for (size_t i = 0; i < r->nreplicas; i++) {
+    for (size_t i = 0; i < nrep; i++) {
         struct probe *p = &ps[i];
         uint64_t fork = 0, ahead = 0;
         if (p->answered) {
@@ -356,7 +358,7 @@ report:
              (unsigned long long)(ph > applied ? ph - applied : 0));
     pthread_mutex_unlock(&r->promote_mu);
     if (ps) {
-        for (size_t i = 0; i < r->nreplicas; i++) {
+        for (size_t i = 0; i < nrep; i++) {
             if (ps[i].ack_env)
                 georeg__repl__envelope__free_unpacked(ps[i].ack_env, NULL);
             hist_release(&ps[i].hist);

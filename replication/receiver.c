@@ -530,6 +530,15 @@ authenticate(struct recv *rc, const envelope *env)
     if (repl_learn(r, pp->history, pp->n_history, env->sender, &why) < 0) {
         snprintf(rc->error, sizeof rc->error, "refused: %s", why);
     } else {
+        bool known = false;
+        if (r->primary &&
+            !repl_writer_is(r, atomic_load(&r->epoch), r->node_name, &known) && known) {
+            /* what it told us (a probe too) shows another node owns our epoch now */
+            char d[160];
+            snprintf(d, sizeof d, "%.60s showed a promotion to epoch %llu", env->sender,
+                     (unsigned long long)atomic_load(&r->epoch));
+            repl_demote(r, d);
+        }
         accept_peer(rc, env, pp->probe, &ack);
         if (ack.followed) {
             /* its history becomes ours once it has shown that our log agrees with it

@@ -61,6 +61,12 @@ repl_reload(repl *r, const struct repl_region *regions, size_t n, buf *out)
         e = ERR_INVALID;
         goto report;
     }
+    if (!self->address || strcmp(self->address, r->self_address) != 0) {
+        buf_addf(&why, "this node's own address changed (%s): that needs a restart",
+                 self->address ? self->address : "");
+        e = ERR_INVALID;
+        goto report;
+    }
     pthread_mutex_lock(&r->cfg_mu);
     /* the checks first, so that a refused reload changes nothing */
     size_t slots = r->nreplicas;
@@ -69,8 +75,23 @@ repl_reload(repl *r, const struct repl_region *regions, size_t n, buf *out)
         if (g == self)
             continue;
         bool found = false;
-        for (size_t k = 0; k < r->nreplicas; k++)
-            found = found || strcmp(r->replicas[k].name, g->name) == 0;
+        for (size_t k = 0; k < r->nreplicas && !e; k++) {
+            struct replica *rp = &r->replicas[k];
+            if (strcmp(rp->name, g->name) != 0)
+                continue;
+            found = true;
+            /* a filter change needs room for one more version */
+            struct filter *f = NULL;
+            if ((e = repl_filter_new(&g->filter, &f)))
+                break;
+            if (strcmp(f->hash, rp_filter(rp)->hash) != 0 &&
+                rp->nfilters == REPL_MAX_FILTER_VERSIONS) {
+                buf_addf(&why, "region %s: filter changed too often since the start "
+                               "(restart to reload it again)", g->name);
+                e = ERR_INVALID;
+            }
+            repl_filter_free(f);
+        }
         if (!found && slots++ >= r->replicas_cap) {
             buf_addf(&why, "no room for region %s (at most %d)", g->name, REPL_MAX_REGIONS);
             e = ERR_INVALID;

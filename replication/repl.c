@@ -297,6 +297,7 @@ repl_new(store *s, const struct repl_options *o, repl **out)
         }
         r->cluster = true;
         r->nvoters = o->nregions;
+        str_copy(r->self_address, sizeof r->self_address, self->address ? self->address : "");
         r->self_filtered = self->filter.ninclude || self->filter.nexclude ||
                            self->filter.ninclude_tags || self->filter.nexclude_tags;
         r->self_eligible = self->eligible && !r->self_filtered;

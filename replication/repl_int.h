@@ -169,6 +169,7 @@ struct repl {
     _Atomic bool primary;   /* the role: state, persisted (repl/role) in a cluster */
     bool cluster;           /* configured from a cluster description */
     _Atomic size_t nvoters; /* cluster: regions, this one included */
+    char self_address[256]; /* cluster: this region's address at start (reloads keep it) */
     _Atomic bool self_filtered; /* cluster: this region holds a filtered replica */
     _Atomic bool self_eligible; /* cluster: this region may become primary */
     _Atomic bool confirming;/* a primary that has not yet confirmed its epoch */

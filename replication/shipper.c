@@ -52,6 +52,7 @@ struct ship {
     bool diverged;      /* the next resync is for a replica on another branch */
     bool trust_acks;    /* the fork point is known: applied seqs in acks are ours */
     uint64_t proof_msg_id; /* our latest PeerProof */
+    uint64_t followed_epoch; /* the replica answered our proof: it follows us at it */
     const struct filter *filter_seen; /* the filter this connection started with */
     uint64_t fork_seq;
     uint64_t snapshot_seq;
@@ -203,15 +204,13 @@ on_history(struct ship *sh, const envelope *env)
     rp->their_epoch = env->epoch;
     pthread_mutex_unlock(&rp->mu);
     const char *why = "";
-    int learned = 0;
-    if (env->epoch > atomic_load(&r->epoch)) {
-        learned = repl_learn(r, a->history, a->n_history, rp->name, &why);
-        if (learned >= 0 && repl_learn(r, a->known, a->n_known, rp->name, &why) > 0)
-            learned = 1;
-    }
-    if (learned > 0) {
+    /* learn whatever it knows (also at our own epoch: a probe may have taught us the
+     * epoch before this answer) and step down when our epoch belongs to another */
+    if (repl_learn(r, a->history, a->n_history, rp->name, &why) >= 0)
+        repl_learn(r, a->known, a->n_known, rp->name, &why);
+    if (r->primary) {
         bool known = false;
-        if (!repl_writer_is(r, atomic_load(&r->epoch), r->node_name, &known)) {
+        if (!repl_writer_is(r, atomic_load(&r->epoch), r->node_name, &known) && known) {
             char d[160];
             snprintf(d, sizeof d, "%.60s knows a promotion to epoch %llu", rp->name,
                      (unsigned long long)atomic_load(&r->epoch));
@@ -227,10 +226,10 @@ on_ack(struct ship *sh, const envelope *env)
     Georeg__Repl__Ack *a = env->ack;
     if (a->n_history || (sh->proof_msg_id && a->acked_msg_id == sh->proof_msg_id))
         on_history(sh, env); /* the answer to our proof carries its history, maybe empty */
-    if (a->followed && env->epoch == atomic_load(&sh->r->epoch)) {
-        atomic_store(&rp->confirmed_epoch, env->epoch);
-        repl_check_confirmed(sh->r);
-    }
+    /* it follows us at our epoch: a vote, counted once the fork point shows that its
+     * log is not ahead of ours (shipper_main) */
+    if (a->followed && env->epoch == atomic_load(&sh->r->epoch))
+        sh->followed_epoch = env->epoch;
     pthread_mutex_lock(&rp->mu);
     if (a->acked_msg_id > rp->acked_msg_id)
         rp->acked_msg_id = a->acked_msg_id;
@@ -998,6 +997,7 @@ shipper_main(void *arg)
         rp->down_since_ms = 0;
         sh.gen = atomic_load(&rp->pipe_gen);
         sh.trust_acks = false;
+        sh.followed_epoch = 0;
         sh.go_back = false;
         sh.fail = ERR_OK;
         pthread_mutex_lock(&rp->mu);
@@ -1048,6 +1048,28 @@ shipper_main(void *arg)
                      rp->name, (unsigned long long)applied, (unsigned long long)fork,
                      (unsigned long long)head, (unsigned long long)rp->their_epoch);
             set_error(rp, "diverged: on another branch of the history, resyncing");
+        }
+        if (diverged && atomic_load(&r->confirming)) {
+            /* A primary that has not confirmed its epoch (restarted, perhaps with a
+             * lost or older disk) meets a replica holding more than it does: it must
+             * not rebuild that replica from its own smaller state, nor count it as a
+             * vote. An operator promotes the replica instead (or, knowing this node
+             * is right, says so with georeg fence clear; then it is rebuilt). */
+            log_warn("REPL-REPLICA-AHEAD", "replica=%s applied=%llu fork_seq=%llu head=%llu "
+                     "msg=\"the replica holds events this unconfirmed primary lacks: not "
+                     "rebuilding it\"",
+                     rp->name, (unsigned long long)applied, (unsigned long long)fork,
+                     (unsigned long long)head);
+            set_error(rp, "holds events this unconfirmed primary lacks: not rebuilt");
+            pthread_mutex_lock(&rp->mu);
+            rp->acked_seq = fork;
+            pthread_mutex_unlock(&rp->mu);
+            usleep(1000000);
+            continue;
+        }
+        if (!diverged && sh.followed_epoch && sh.followed_epoch == atomic_load(&r->epoch)) {
+            atomic_store(&rp->confirmed_epoch, sh.followed_epoch);
+            repl_check_confirmed(r);
         }
         sh.diverged = diverged;
         sh.fork_seq = fork;
