@@ -354,6 +354,9 @@ class Cluster:
         self.links = getattr(self, "links", {})
         for attempt in range(5):
             ports = {n: (free_port(), free_port()) for n in names}  # http, replication
+            # free_port() may hand out the same port twice (it is free until bound)
+            while len({p for pair in ports.values() for p in pair}) < 2 * len(names):
+                ports = {n: (free_port(), free_port()) for n in names}
             made = []
             for a in names:
                 for b in names:
