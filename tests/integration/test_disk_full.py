@@ -231,10 +231,16 @@ def test_upload_cut_by_a_full_disk_leaves_no_partial_file(tmpfs_node):
         "Content-Type": "application/octet-stream",
         "Content-Range": "0-%d" % (len(part) - 1), "Content-Length": str(len(part))})
     _assert_507(r)
-    # the session and its bytes are gone: nothing partial left on the disk
+    # the session and its bytes are gone: nothing partial left on the disk (the
+    # upload is dropped when the request lets go of it, just after the answer)
     uploads = os.path.join(node.data_dir, "uploads")
-    left = [f for f in os.listdir(uploads) if upload_id in f]
-    assert not left, left
+
+    def left():
+        return [f for f in os.listdir(uploads) if upload_id in f]
+    try:
+        wait_until(lambda: not left(), 15, interval=0.05, what="the partial upload dropped")
+    except TimeoutError:
+        raise AssertionError("partial upload left: %r" % left())
     r = node.req("GET", loc)
     assert r.status == 404 and r.error_codes() == ["BLOB_UPLOAD_UNKNOWN"], r
     os.unlink(os.path.join(node.data_dir, "filler.bin"))
